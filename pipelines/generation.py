@@ -168,7 +168,7 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
     request, notes = check_request(model, request)
     cancel = cancel or threading.Event()
     shared = model.derive(pipeline_class, **(extra_components or {}))
-    scheduler = make_scheduler(request.scheduler, model.pipe.scheduler.config)
+    scheduler = make_scheduler(request.scheduler, model.pipe.scheduler)
     pipe = pipeline_class.from_pipe(shared, scheduler=scheduler)  # own object: own flags, own scheduler
     pipe.set_progress_bar_config(disable=True)
     tap = StepTap(scheduler)

@@ -37,17 +37,17 @@ def scheduler_names() -> list[str]:
     return [DEFAULT_SCHEDULER, *SCHEDULERS]
 
 
-def make_scheduler(name: str, base_config: dict):
+def make_scheduler(name: str, base):
     """Build a new scheduler instance for one request.
 
     Args:
         name: one of `scheduler_names()`; "model default" (or empty) rebuilds the model's own class.
-        base_config: the loaded pipeline's `scheduler.config`; keeps the model's noise schedule
-            and prediction type whatever sampler is chosen.
+        base: the loaded pipeline's scheduler; its config keeps the model's noise schedule and
+            prediction type whatever sampler is chosen. It is only read, never stepped.
     """
+    base_config = base.config
     if not name or name == DEFAULT_SCHEDULER:
-        cls = getattr(diffusers, base_config["_class_name"])
-        return cls.from_config(base_config)
+        return type(base).from_config(base_config)
     if name not in SCHEDULERS:
         raise SchedulerError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULERS)}.")
     class_name, overrides = SCHEDULERS[name]

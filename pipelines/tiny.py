@@ -73,6 +73,7 @@ def tiny_components(seed: int = 0, prediction_type: str = "v_prediction", in_cha
         timestep_spacing="trailing",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,
     )
     return dict(
         unet=unet,

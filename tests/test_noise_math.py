@@ -11,9 +11,9 @@ PREDICTION_TYPES = ["epsilon", "v_prediction", "sample"]
 
 
 def base_config(prediction_type, zero_snr=True):
-    config = dict(tiny_components()["scheduler"].config)
-    config.update(prediction_type=prediction_type, rescale_betas_zero_snr=zero_snr)
-    return config
+    """The tiny model's scheduler with another prediction type / schedule."""
+    base = tiny_components()["scheduler"]
+    return type(base).from_config(base.config, prediction_type=prediction_type, rescale_betas_zero_snr=zero_snr)
 
 
 def oracle_alpha_bar(scheduler, t):

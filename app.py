@@ -1,0 +1,60 @@
+"""Denoise Studio: assembles the Blocks app, its queue and launch options; nothing else.
+
+    python app.py                       # embedded model, http://127.0.0.1:7860
+    python app.py --model owner/name    # a Hub model (online) or --model /path/to/diffusers/folder
+Every flag has an environment variable (DENOISE_MODEL, DENOISE_DEVICE, …) for Hugging Face Spaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import gradio as gr
+from diffusers.utils import logging as diffusers_logging
+
+from pipelines.loading import EMBEDDED_MODEL, ModelManager
+from ui import model_bar, txt2img
+from ui.step_viewer import CSS
+
+MAX_UPLOAD = "20mb"
+QUEUE_SIZE = 32
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description="Denoise Studio")
+    parser.add_argument("--model", default=env("DENOISE_MODEL", EMBEDDED_MODEL),
+                        help="model name in models/, a Hub id, or a local diffusers folder")
+    parser.add_argument("--device", default=env("DENOISE_DEVICE"), help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    parser.add_argument("--dtype", default=env("DENOISE_DTYPE", "auto"), choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--host", default=env("DENOISE_HOST", env("GRADIO_SERVER_NAME", "127.0.0.1")))
+    parser.add_argument("--port", type=int, default=int(env("DENOISE_PORT", env("GRADIO_SERVER_PORT", "7860"))))
+    parser.add_argument("--share", action="store_true", default=env("DENOISE_SHARE", "") == "1")
+    return parser.parse_args(argv)
+
+
+def build_app(manager: ModelManager) -> gr.Blocks:
+    with gr.Blocks(title="Denoise Studio", delete_cache=(600, 3600)) as demo:
+        gr.Markdown("# Denoise Studio\nWatch noise become a picture, one denoising step at a time.")
+        model_choice = model_bar.build(manager)
+        with gr.Tab("Text to image"):
+            txt2img.build(manager, model_choice)
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return demo
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    diffusers_logging.set_verbosity_error()
+    manager = ModelManager(default=args.model, device=args.device, dtype=args.dtype, allow_any_path=True)
+    manager.get()  # load before serving, so the first visitor does not wait
+    demo = build_app(manager)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
+                css=CSS, footer_links=["api"])
+
+
+if __name__ == "__main__":
+    main()
