@@ -11,6 +11,7 @@ own scheduler instance, its own CPU generator and its own cancel flag.
 
 from __future__ import annotations
 
+import functools
 import queue
 import secrets
 import threading
@@ -143,6 +144,8 @@ class StepTap:
         self.last = None
         original_step = scheduler.step
 
+        # wraps: keeps step's signature visible, so pipelines still pass it `generator` and `eta`
+        @functools.wraps(original_step)
         def step(model_output, timestep, sample, *args, **kwargs):
             level = noise_level(scheduler, timestep)
             self.last = (model_output.detach(), sample.detach(), level, float(timestep))

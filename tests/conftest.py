@@ -1,0 +1,36 @@
+import socket
+
+import pytest
+
+from pipelines.loading import LoadedModel, ModelManager
+from pipelines.tiny import tiny_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A random-weight SD pipeline built from configs (v-prediction, zero-SNR DDIM)."""
+    pipe = tiny_pipeline(seed=0)
+    return LoadedModel(name="tiny", source="test", pipe=pipe, device="cpu", dtype=pipe.unet.dtype)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """The real Blocks app on the default (embedded) model, launched on a free local port."""
+    from diffusers.utils import logging as diffusers_logging
+
+    import app
+
+    diffusers_logging.set_verbosity_error()
+    manager = ModelManager(device="cpu")
+    demo = app.build_app(manager)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                max_file_size=app.MAX_UPLOAD, css=app.CSS)
+    yield {"url": f"http://127.0.0.1:{port}/", "manager": manager}
+    demo.close()

@@ -1,0 +1,114 @@
+"""Generation requests against a real (tiny, random-weight) Stable Diffusion pipeline."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from pipelines.generation import GenerationError, GenerationRequest, GenerationResult, StepEvent, run, stream
+from pipelines.schedulers import make_scheduler
+
+SD = StableDiffusionPipeline
+
+
+def pixels(image):
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+def test_stream_yields_a_step_event_per_step_then_the_result(tiny_model):
+    items = list(stream(tiny_model, SD, GenerationRequest(prompt="a red circle", steps=7, seed=5)))
+    events, result = items[:-1], items[-1]
+    assert isinstance(result, GenerationResult) and all(isinstance(e, StepEvent) for e in events)
+    assert [e.index for e in events] == list(range(7))
+    assert events[0].noise_left == pytest.approx(1.0)  # zero-SNR schedule starts from pure noise
+    assert all(a.noise_left > b.noise_left for a, b in zip(events, events[1:]))
+    for e in events:
+        assert set(e.pictures) == {"x_t", "x0", "eps"} and e.pictures["x0"].shape == (64, 64, 3)
+    assert result.image.size == (64, 64) and result.seed == 5
+
+
+def test_same_seed_same_picture_and_it_equals_a_direct_pipeline_call(tiny_model):
+    request = GenerationRequest(prompt="a blue star", steps=6, guidance_scale=4.0, seed=1234, scheduler="Euler a")
+    first, second = run(tiny_model, SD, request), run(tiny_model, SD, request)
+    assert np.array_equal(pixels(first.image), pixels(second.image))
+    direct = SD.from_pipe(tiny_model.pipe, scheduler=make_scheduler("Euler a", tiny_model.pipe.scheduler))
+    expected = direct("a blue star", num_inference_steps=6, guidance_scale=4.0, width=64, height=64,
+                      generator=torch.Generator("cpu").manual_seed(1234)).images[0]
+    assert np.array_equal(pixels(first.image), pixels(expected))
+    other = run(tiny_model, SD, GenerationRequest(prompt="a blue star", steps=6, guidance_scale=4.0, seed=1235))
+    assert not np.array_equal(pixels(first.image), pixels(other.image))
+
+
+def test_random_seed_is_reported_and_reproduces(tiny_model):
+    result = run(tiny_model, SD, GenerationRequest(prompt="x", steps=3, seed=-1))
+    assert 0 <= result.seed < 2**32 and result.settings["seed"] == result.seed
+    again = run(tiny_model, SD, GenerationRequest(prompt="x", steps=3, seed=result.seed))
+    assert np.array_equal(pixels(result.image), pixels(again.image))
+
+
+@pytest.mark.parametrize("field, value", [("seed", 2**32), ("steps", 0), ("steps", 1000), ("guidance_scale", -1.0)])
+def test_bad_values_give_a_clear_message(tiny_model, field, value):
+    request = GenerationRequest(prompt="x", steps=3)
+    setattr(request, field, value)
+    with pytest.raises(GenerationError, match="must be between"):
+        run(tiny_model, SD, request)
+
+
+def test_sizes_are_rounded_and_the_user_told(tiny_model):
+    m = tiny_model.size_multiple
+    result = run(tiny_model, SD, GenerationRequest(prompt="x", steps=2, width=8 * m + 1, height=6 * m - 2, seed=1))
+    assert result.image.size == (8 * m, 6 * m)
+    assert any(f"width {8 * m + 1} → {8 * m}" in n for n in result.notes)
+    assert any(f"height {6 * m - 2} → {6 * m}" in n for n in result.notes)
+
+
+def test_per_request_schedulers_under_two_threads(tiny_model):
+    """Two requests with different schedulers at once give exactly their solo pictures."""
+    requests = [GenerationRequest(prompt="a red square", steps=8, seed=7, scheduler="DPM++ 2M"),
+                GenerationRequest(prompt="a green circle", steps=5, seed=8, scheduler="Euler a")]
+    solo = [pixels(run(tiny_model, SD, r).image) for r in requests]
+    shared_scheduler_before = dict(tiny_model.pipe.scheduler.config)
+    together = [None, None]
+
+    def work(i):
+        for _ in range(2):
+            together[i] = pixels(run(tiny_model, SD, requests[i]).image)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert np.array_equal(together[0], solo[0]) and np.array_equal(together[1], solo[1])
+    assert dict(tiny_model.pipe.scheduler.config) == shared_scheduler_before
+
+
+def test_cancel_stops_only_its_own_request(tiny_model):
+    stop_me, keep_going = threading.Event(), threading.Event()
+    results = {}
+
+    def work(name, flag, steps):
+        results[name] = run(tiny_model, SD, GenerationRequest(prompt="x", steps=steps, seed=3, step_delay_ms=20),
+                            cancel=flag)
+
+    threads = [threading.Thread(target=work, args=("stopped", stop_me, 40)),
+               threading.Thread(target=work, args=("other", keep_going, 15))]
+    [t.start() for t in threads]
+    threading.Timer(0.15, stop_me.set).start()
+    [t.join() for t in threads]
+    assert results["stopped"].interrupted and len(results["stopped"].steps) < 40
+    assert not results["other"].interrupted and len(results["other"].steps) == 15
+    assert results["stopped"].image.size == (64, 64)  # the last x̂0, decoded: no work lost
+
+
+def test_previews_every_n_steps_and_full_vae_decoder(tiny_model):
+    events = [e for e in stream(tiny_model, SD, GenerationRequest(prompt="x", steps=7, seed=2, preview_every=3,
+                                                                   preview_decoder="full VAE"))][:-1]
+    assert [e.index for e in events if e.pictures] == [0, 3, 6]  # and always the last step
+
+
+def test_x0_preview_of_the_last_step_is_the_final_picture(tiny_model):
+    """With the full VAE, the last step's x̂0 decodes to (almost) the returned picture."""
+    items = list(stream(tiny_model, SD, GenerationRequest(prompt="x", steps=5, seed=9, preview_decoder="full VAE")))
+    last, result = items[-2], items[-1]
+    assert np.abs(last.pictures["x0"].astype(int) - pixels(result.image)).mean() < 3
