@@ -28,17 +28,17 @@ class GenerationControls:
     """Creates the shared controls in the current Blocks context; `values` lists them in the
     order `request()` takes them."""
 
-    def __init__(self, size_multiple: int, default_size: int, prompt_placeholder: str = ""):
-        self.prompt = gr.Textbox(label="Prompt", lines=2, placeholder=prompt_placeholder, autofocus=True,
-                                 info="Ctrl+Enter generates")
+    def __init__(self, tab: str, size_multiple: int, default_size: int, prompt_placeholder: str = ""):
+        self.prompt = gr.Textbox(label="Prompt", lines=1, max_lines=6, placeholder=prompt_placeholder, autofocus=True,
+                                 info="Enter generates", elem_id=f"{tab}-prompt")
         self.negative_prompt = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to steer away from")
         with gr.Row():
-            self.generate = gr.Button("Generate", variant="primary", scale=3)
-            self.stop = gr.Button("Stop", variant="stop", scale=1)
+            self.generate = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{tab}-generate")
+            self.stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{tab}-stop")
         names = preset_names()
         self.preset = gr.Dropdown(names, value="default" if "default" in names else None, label="Preset",
                                   info="files in presets/ (add your own)")
-        self.steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps")
+        self.steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id=f"{tab}-steps")
         self.guidance_scale = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale",
                                         info="≤ 1 turns classifier-free guidance off")
         with gr.Row():

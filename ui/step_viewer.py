@@ -44,16 +44,18 @@ def progress_html(event: StepEvent | None, done: bool = False, message: str = ""
 class StepViewer:
     """Creates the viewer's components inside the current Blocks context and wires scrubbing."""
 
-    def __init__(self):
+    def __init__(self, tab: str):
         self.live = gr.Image(label="Denoising, step by step", type="numpy", format="png", interactive=False,
-                             height=MIN_SIDE + 40, elem_classes="ds-pixelated")
-        self.progress = gr.HTML(progress_html(None, message="Press Generate to watch the picture form."))
-        self.view = gr.Radio(list(VIEW_LABELS), value=DEFAULT_VIEW, label="View",
+                             height=MIN_SIDE + 40, elem_classes="ds-pixelated", elem_id=f"{tab}-live")
+        self.progress = gr.HTML(progress_html(None, message="Press Generate to watch the picture form."),
+                                elem_id=f"{tab}-progress")
+        self.view = gr.Radio(list(VIEW_LABELS), value=DEFAULT_VIEW, label="View", elem_id=f"{tab}-view",
                              info="what the sampler holds · the model's guess of the final picture · its guess of the noise")
-        self.step = gr.Slider(0, 1, value=0, step=1, label="Step (after the run: drag to scrub)", interactive=False)
-        self.numbers = gr.Markdown("")
+        self.step = gr.Slider(0, 1, value=0, step=1, label="Step (after the run: drag to scrub)",
+                              interactive=False, elem_id=f"{tab}-step")
+        self.numbers = gr.Markdown("", elem_id=f"{tab}-numbers")
         self.filmstrip = gr.Gallery(label="Filmstrip", columns=10, height=140, allow_preview=False,
-                                    elem_classes="ds-pixelated", format="png")
+                                    elem_classes="ds-pixelated", format="png", elem_id=f"{tab}-filmstrip")
         self.run = gr.State(None)  # {"steps": [StepEvent with pictures], "final": picture}
 
         scrub_inputs = [self.step, self.view, self.run]

@@ -27,16 +27,18 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
     model = manager.get()
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
-            controls = GenerationControls(model.size_multiple, model.default_size,
+            controls = GenerationControls(TAB, model.size_multiple, model.default_size,
                                           prompt_placeholder="a large red circle on the left and a blue star on a white background")
         with gr.Column(scale=3, min_width=360):
-            viewer = StepViewer()
+            viewer = StepViewer(TAB)
             result = gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
                               elem_classes="ds-pixelated", height=200)
             info = gr.Markdown()
 
-    def generate(model_name, *values_and_view, request: gr.Request):
-        *values, view = values_and_view
+    def generate(model_name, prompt, negative_prompt, steps, guidance_scale, seed, width, height, scheduler,
+                 preview_every, preview_decoder, step_delay_ms, view, request: gr.Request):
+        values = (prompt, negative_prompt, steps, guidance_scale, seed, width, height, scheduler, preview_every,
+                  preview_decoder, step_delay_ms)
         flag = runs.start(request, TAB)
         try:
             loaded = manager.get(model_name)
