@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="model name in models/, a Hub id, or a local diffusers folder")
     parser.add_argument("--device", default=env("DENOISE_DEVICE"), help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--dtype", default=env("DENOISE_DTYPE", "auto"), choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--taesd", default=env("DENOISE_TAESD"),
+                        help="TAESD preview decoder: a folder in models/, a local folder or a Hub id (e.g. madebyollin/taesd)")
     parser.add_argument("--host", default=env("DENOISE_HOST", env("GRADIO_SERVER_NAME", "127.0.0.1")))
     parser.add_argument("--port", type=int, default=int(env("DENOISE_PORT", env("GRADIO_SERVER_PORT", "7860"))))
     parser.add_argument("--share", action="store_true", default=env("DENOISE_SHARE", "") == "1")
@@ -49,7 +51,8 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     diffusers_logging.set_verbosity_error()
-    manager = ModelManager(default=args.model, device=args.device, dtype=args.dtype, allow_any_path=True)
+    manager = ModelManager(default=args.model, device=args.device, dtype=args.dtype, allow_any_path=True,
+                           taesd=args.taesd)
     manager.get()  # load before serving, so the first visitor does not wait
     demo = build_app(manager)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,

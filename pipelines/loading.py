@@ -43,6 +43,7 @@ class LoadedModel:
     device: str
     dtype: torch.dtype
     derived: dict = field(default_factory=dict)  # pipeline class -> pipeline sharing components
+    taesd: object = None  # optional AutoencoderTiny for fast previews
 
     @property
     def vae_scale_factor(self) -> int:
@@ -173,6 +174,22 @@ def _from_pretrained(source: str, torch_dtype: torch.dtype) -> DiffusionPipeline
         ) from error
 
 
+def load_taesd(source: str, device: str, dtype: torch.dtype, allow_any_path: bool = False):
+    """TAESD preview decoder (`AutoencoderTiny`) from a folder in models/, a local folder
+    (command line only) or a Hub id; must match the model's latent space (taesd for SD1.x,
+    taesdxl for SDXL)."""
+    from diffusers import AutoencoderTiny
+
+    if (MODELS_DIR / source).is_dir():
+        source = str(MODELS_DIR / source)
+    elif not (allow_any_path and Path(source).is_dir()) and not HUB_ID.match(source):
+        raise ModelLoadError(f"{source!r} is neither a folder in models/ nor a Hugging Face Hub id.")
+    try:
+        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, use_safetensors=True).to(device)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"Could not load the TAESD decoder {source}: {str(error).splitlines()[0]}") from error
+
+
 class ModelManager:
     """Keeps the loaded model(s); one load at a time, nothing loaded twice.
 
@@ -182,12 +199,13 @@ class ModelManager:
     """
 
     def __init__(self, default: str = EMBEDDED_MODEL, device: str | None = None, dtype: str = "auto",
-                 allow_any_path: bool = False, keep: int = 1):
+                 allow_any_path: bool = False, keep: int = 1, taesd: str | None = None):
         self.default = default
         self.device = device or default_device()
         self.dtype = dtype
         self.allow_any_path = allow_any_path
         self.keep = keep
+        self.taesd = taesd
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -198,6 +216,8 @@ class ModelManager:
                 self._models[name] = self._models.pop(name)  # mark most recently used
                 return self._models[name]
             model = load_model(name, self.device, self.dtype, self.allow_any_path, progress)
+            if self.taesd:
+                model.taesd = load_taesd(self.taesd, model.device, model.dtype, self.allow_any_path)
             self._models[name] = model
             while len(self._models) > self.keep:
                 self._models.pop(next(iter(self._models)))
