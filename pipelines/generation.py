@@ -137,6 +137,18 @@ def preview_decoder(model, name: str):
     return LINEAR_DECODERS.get(model.pipe.vae)
 
 
+@dataclass
+class _RawStep:
+    """What the sampling thread hands over after a step; pictures are decoded by the consumer."""
+
+    index: int
+    total: int
+    timestep: float
+    level: object
+    ms: float
+    tensors: tuple | None  # (model_output, sample) when this step is previewed
+
+
 class StepTap:
     """Wraps one request's scheduler so every step records what the model saw and predicted."""
 
@@ -187,14 +199,10 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
             total[0] = len(p.scheduler.timesteps)  # Heun and friends take more model calls than steps
         model_output, sample, level, t = tap.last
         now = time.perf_counter()
-        pictures = None
-        every = request.preview_every
-        if decode is not None and (index % every == 0 or index == total[0] - 1):
-            x_t, x0, eps = model_view(model_output[:1], sample[:1], level, prediction_type)
-            decoded = decode(torch.cat([x_t, x0, eps]))
-            pictures = dict(zip(VIEWS, decoded))
-        events.put(StepEvent(index=index, total=total[0], timestep=t, sigma=level.sigma, alpha_bar=level.alpha_bar,
-                             noise_left=level.noise_left, ms=(now - last_time[0]) * 1000, pictures=pictures))
+        # Decoding happens in the consumer thread, overlapping the next UNet step (torch releases the GIL).
+        preview = decode is not None and (index % request.preview_every == 0 or index == total[0] - 1)
+        events.put(_RawStep(index, total[0], t, level, (now - last_time[0]) * 1000,
+                            (model_output[:1], sample[:1]) if preview else None))
         if request.step_delay_ms:
             time.sleep(request.step_delay_ms / 1000)
         if cancel.is_set():
@@ -223,9 +231,16 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
     image = None
     try:
         while (item := events.get()) is not done:
-            if isinstance(item, StepEvent):
-                steps.append(item)
-                yield item
+            if isinstance(item, _RawStep):
+                pictures = None
+                if item.tensors is not None:
+                    x_t, x0, eps = model_view(*item.tensors, item.level, prediction_type)
+                    pictures = dict(zip(VIEWS, decode(torch.cat([x_t, x0, eps]))))
+                event = StepEvent(index=item.index, total=item.total, timestep=item.timestep, sigma=item.level.sigma,
+                                  alpha_bar=item.level.alpha_bar, noise_left=item.level.noise_left, ms=item.ms,
+                                  pictures=pictures)
+                steps.append(event)
+                yield event
             elif isinstance(item, BaseException):
                 raise GenerationError(f"Generation failed: {type(item).__name__}: {item}") from item
             else:
