@@ -15,7 +15,7 @@ import gradio as gr
 from diffusers.utils import logging as diffusers_logging
 
 from pipelines.loading import EMBEDDED_MODEL, ModelManager
-from ui import model_bar, txt2img
+from ui import controlnet, inpaint, model_bar, txt2img
 from ui.step_viewer import CSS
 
 MAX_UPLOAD = "20mb"
@@ -41,8 +41,21 @@ def build_app(manager: ModelManager) -> gr.Blocks:
     with gr.Blocks(title="Denoise Studio", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# Denoise Studio\nWatch noise become a picture, one denoising step at a time.")
         model_choice = model_bar.build(manager)
-        with gr.Tab("Text to image"):
-            txt2img.build(manager, model_choice)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Text to image", id="txt2img"):
+                text = txt2img.build(manager, model_choice)
+            with gr.Tab("Inpaint", id="inpaint"):
+                paint = inpaint.build(manager, model_choice)
+            with gr.Tab("ControlNet", id="controlnet"):
+                control = controlnet.build(manager, model_choice)
+        with text["send_row"]:
+            to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id="send-to-inpaint")
+            to_control = gr.Button("Send to ControlNet", size="sm", elem_id="send-to-controlnet")
+        to_inpaint.click(lambda image: ({"background": image, "layers": [], "composite": image},
+                                        gr.Tabs(selected="inpaint")),
+                         text["result"], [paint["editor"], tabs], queue=False, api_visibility="private")
+        to_control.click(lambda image: (image, gr.Tabs(selected="controlnet")), text["result"],
+                         [control["picture"], tabs], queue=False, api_visibility="private")
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return demo
 

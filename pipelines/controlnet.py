@@ -51,7 +51,9 @@ def preprocess(name: str, picture: Image.Image, low_threshold: int = CANNY_DEFAU
         if class_name is None:
             return picture
         detector = getattr(controlnet_aux, class_name)()
-        kwargs = dict(detect_resolution=side, image_resolution=side, output_type="pil")
+        kwargs = dict(detect_resolution=side, output_type="pil")
+        if name != "lineart (standard)":
+            kwargs["image_resolution"] = side
         if name == "canny":
             if not 0 <= low_threshold <= high_threshold <= 255:
                 raise GenerationError("Canny thresholds must satisfy 0 ≤ low ≤ high ≤ 255.")

@@ -1,0 +1,120 @@
+"""ControlNet tab: a control picture (edges, shuffle, …) pins the composition; the prompt the rest."""
+
+from __future__ import annotations
+
+import gradio as gr
+from PIL import Image
+
+from pipelines.controlnet import (CANNY_DEFAULT, EMBEDDED_CONTROLNET, HUB_PREPROCESSORS, controlnet_stream,
+                                  load_controlnet, preprocess, preprocessor_names)
+from pipelines.generation import GenerationRequest
+from pipelines.inputs import prepare_picture
+from pipelines.loading import list_local_models, MODELS_DIR
+from ui.controls import GenerationControls, user_error
+from ui.runner import MODEL_GROUP, api_stream, to_viewer, wire_stop
+from ui.step_viewer import StepViewer
+
+TAB = "controlnet"
+
+
+def controlnet_choices() -> list[str]:
+    found = [p.parent.name for p in MODELS_DIR.glob("*/config.json") if p.parent.name not in list_local_models()]
+    return sorted(set(found) | {EMBEDDED_CONTROLNET})
+
+
+def make_control(model, picture, preprocessor, low, high, target_side=None) -> tuple[Image.Image, list[str]]:
+    prepared, notes = prepare_picture(picture, model, target_side=target_side, what="control picture")
+    return preprocess(preprocessor, prepared, low, high), notes
+
+
+def build(manager, model_choice: gr.Dropdown) -> dict:
+    model = manager.get()
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            with gr.Row():
+                picture = gr.Image(label="Control picture (upload, or send a result here)", type="pil",
+                                   image_mode=None, sources=["upload", "clipboard"], height=220,
+                                   elem_classes="ds-pixelated", elem_id=f"{TAB}-picture")
+                processed = gr.Image(label="What the ControlNet sees", type="pil", interactive=False, height=220,
+                                     elem_classes="ds-pixelated", elem_id=f"{TAB}-processed", format="png")
+            preprocessor = gr.Dropdown(preprocessor_names(), value="canny", label="Preprocessor",
+                                       info=f"online only (need annotator weights): {', '.join(HUB_PREPROCESSORS)}")
+            with gr.Row():
+                low = gr.Slider(0, 255, value=CANNY_DEFAULT[0], step=1, label="Canny low threshold")
+                high = gr.Slider(0, 255, value=CANNY_DEFAULT[1], step=1, label="Canny high threshold")
+            controlnet_name = gr.Dropdown(controlnet_choices(), value=EMBEDDED_CONTROLNET, allow_custom_value=True,
+                                          label="ControlNet", info="a folder in models/, or a Hub id (online)")
+            with gr.Row():
+                scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
+                start = gr.Slider(0, 1, value=0.0, step=0.05, label="Control from")
+                end = gr.Slider(0, 1, value=1.0, step=0.05, label="Control until")
+            controls = GenerationControls(TAB, model.size_multiple, model.default_size,
+                                          prompt_placeholder="colours and kinds for the shapes in the control picture")
+        with gr.Column(scale=3, min_width=360):
+            viewer = StepViewer(TAB)
+            result = gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
+                              elem_classes="ds-pixelated", height=200, elem_id=f"{TAB}-result")
+            info = gr.Markdown()
+
+    def show_control(model_name, picture_value, preprocessor_value, low_value, high_value):
+        if picture_value is None:
+            return None
+        try:
+            return make_control(manager.get(model_name), picture_value, preprocessor_value, low_value, high_value)[0]
+        except Exception as error:
+            raise user_error(error) from None
+
+    for trigger in (picture.change, preprocessor.change, low.release, high.release):
+        trigger(show_control, [model_choice, picture, preprocessor, low, high], processed,
+                concurrency_id=MODEL_GROUP, api_visibility="private", show_progress="minimal")
+
+    def generate(model_name, picture_value, preprocessor_value, low_value, high_value, controlnet_value,
+                 scale_value, start_value, end_value, prompt, negative_prompt, steps, guidance_scale, seed, width,
+                 height, scheduler, preview_every, preview_decoder, step_delay_ms, view, request: gr.Request):
+        settings = controls.request(prompt, negative_prompt, steps, guidance_scale, seed, width, height, scheduler,
+                                    preview_every, preview_decoder, step_delay_ms)
+
+        def begin(flag):
+            loaded = manager.get(model_name)
+            control, notes = make_control(loaded, picture_value, preprocessor_value, low_value, high_value,
+                                          max(settings.width, settings.height))
+            controlnet = load_controlnet(loaded, controlnet_value)
+            return controlnet_stream(loaded, settings, [control], [controlnet], [scale_value], start_value,
+                                     end_value, flag, names=[controlnet_value])
+
+        yield from to_viewer(begin, TAB, view, request)
+
+    run_args = dict(fn=generate, inputs=[model_choice, picture, preprocessor, low, high, controlnet_name, scale,
+                                         start, end, *controls.values, viewer.view],
+                    outputs=[*viewer.outputs, result, info, controls.last_seed], concurrency_id=MODEL_GROUP,
+                    show_progress="hidden", api_visibility="private")
+    controls.generate.click(**run_args)
+    controls.prompt.submit(**run_args)
+    wire_stop(controls.stop, TAB)
+
+    def controlnet(prompt: str, control_image: Image.Image, negative_prompt: str | None = None, steps: int = 25,
+                   guidance_scale: float = 5.0, seed: int = -1, preprocessor: str = "canny",
+                   low_threshold: int = CANNY_DEFAULT[0], high_threshold: int = CANNY_DEFAULT[1],
+                   controlnet_model: str = EMBEDDED_CONTROLNET, conditioning_scale: float = 1.0,
+                   control_start: float = 0.0, control_end: float = 1.0, scheduler: str = "model default"):
+        """Generate following a control picture; streams previews, then the final PNG and settings."""
+        request = GenerationRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", steps=int(steps),
+                                    guidance_scale=float(guidance_scale), seed=int(-1 if seed is None else seed),
+                                    scheduler=scheduler)
+
+        def run():
+            loaded = manager.get()
+            control, _ = make_control(loaded, control_image, preprocessor, low_threshold, high_threshold)
+            yield from controlnet_stream(loaded, request, [control], [load_controlnet(loaded, controlnet_model)],
+                                         [float(conditioning_scale)], float(control_start), float(control_end),
+                                         names=[controlnet_model])
+
+        yield from api_stream(run())
+
+    api_control = gr.Image(visible=False, type="pil", image_mode=None)
+    gr.Button(visible=False).click(
+        controlnet, [controls.prompt, api_control, controls.negative_prompt, controls.steps, controls.guidance_scale,
+                     controls.seed, preprocessor, low, high, controlnet_name, scale, start, end, controls.scheduler],
+        [gr.Image(visible=False, type="pil", format="png"), gr.JSON(visible=False)], api_name="controlnet",
+        concurrency_id=MODEL_GROUP)
+    return {"picture": picture, "controls": controls, "viewer": viewer, "result": result}
