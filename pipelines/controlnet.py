@@ -125,13 +125,16 @@ def _multi(controlnets: list[ControlNetModel]) -> MultiControlNetModel:
 def controlnet_stream(model, request: GenerationRequest, control_images: list, controlnets: list[ControlNetModel],
                       scales: list[float], guidance_start: float = 0.0, guidance_end: float = 1.0,
                       cancel: threading.Event | None = None, names: list[str] | None = None,
-                      ) -> Iterator[StepEvent | GenerationResult]:
-    """Stream a ControlNet run (one or several ControlNets, each with its control picture)."""
+                      notes: list[str] | None = None) -> Iterator[StepEvent | GenerationResult]:
+    """Stream a ControlNet run (one or several ControlNets, each with its control picture).
+
+    `notes` are earlier adjustments (made while preprocessing) to report with the result.
+    """
     if not control_images or any(c is None for c in control_images):
         raise GenerationError("No control picture was given: upload one or send the last result here.")
     if not 0 <= guidance_start < guidance_end <= 1:
         raise GenerationError("Control start and end must satisfy 0 ≤ start < end ≤ 1.")
-    notes, prepared = [], []
+    notes, prepared = list(notes or []), []
     target = max(request.width, request.height) or None
     for control in control_images:
         picture, more = prepare_picture(control, model, target_side=target, what="control picture")

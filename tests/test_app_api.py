@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from diffusers import StableDiffusionPipeline
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from PIL import Image
 
 from pipelines.generation import GenerationRequest, run
@@ -46,3 +46,41 @@ def test_txt2img_bad_input_gives_a_message_not_a_crash(client):
         client.predict(prompt="x", steps=2, scheduler="Nope", api_name="/txt2img")
     _, ok = client.predict(prompt="x", steps=2, seed=1, api_name="/txt2img")  # the server is still fine
     assert ok["seed"] == 1
+
+
+def save(image, path):
+    image.save(path)
+    return handle_file(str(path))
+
+
+def test_inpaint_endpoint_repaints_only_the_mask(client, tmp_path):
+    rng = np.random.default_rng(1)
+    picture = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 40, 40))
+    job = client.submit(prompt="a yellow square", image=save(picture, tmp_path / "p.png"),
+                        mask=save(mask, tmp_path / "m.png"), steps=4, seed=5, mask_blur=0, api_name="/inpaint")
+    final, settings = job.result()
+    assert len(job.outputs()) == 5 and settings["task"] == "inpaint" and settings["seed"] == 5
+    after = np.asarray(Image.open(final).convert("RGB")).astype(int)
+    before = np.asarray(picture).astype(int)
+    assert np.array_equal(after[48:, 48:], before[48:, 48:])
+    assert np.abs(after[10:38, 10:38] - before[10:38, 10:38]).mean() > 10
+
+
+def test_inpaint_endpoint_empty_mask_is_a_message(client, tmp_path):
+    picture = Image.new("RGB", (64, 64), "red")
+    with pytest.raises(Exception, match="mask is empty"):
+        client.predict(prompt="x", image=save(picture, tmp_path / "p.png"),
+                       mask=save(Image.new("L", (64, 64)), tmp_path / "m.png"), steps=2, api_name="/inpaint")
+
+
+def test_controlnet_endpoint_with_an_rgba_control_picture_of_another_size(client, tmp_path):
+    control = Image.new("RGBA", (128, 128), (255, 255, 255, 255))
+    control.paste((0, 0, 0, 255), (32, 32, 96, 96))
+    job = client.submit(prompt="a green square", control_image=save(control, tmp_path / "c.png"), steps=3, seed=2,
+                        preprocessor="canny", api_name="/controlnet")
+    final, settings = job.result()
+    assert Image.open(final).size == (64, 64) and settings["task"] == "controlnet"
+    assert any("resized from 128×128" in note for note in settings["notes"])
+    assert len(job.outputs()) == 4

@@ -80,7 +80,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                                           max(settings.width, settings.height))
             controlnet = load_controlnet(loaded, controlnet_value)
             return controlnet_stream(loaded, settings, [control], [controlnet], [scale_value], start_value,
-                                     end_value, flag, names=[controlnet_value])
+                                     end_value, flag, names=[controlnet_value], notes=notes)
 
         yield from to_viewer(begin, TAB, view, request)
 
@@ -104,10 +104,10 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
 
         def run():
             loaded = manager.get()
-            control, _ = make_control(loaded, control_image, preprocessor, low_threshold, high_threshold)
+            control, notes = make_control(loaded, control_image, preprocessor, low_threshold, high_threshold)
             yield from controlnet_stream(loaded, request, [control], [load_controlnet(loaded, controlnet_model)],
                                          [float(conditioning_scale)], float(control_start), float(control_end),
-                                         names=[controlnet_model])
+                                         names=[controlnet_model], notes=notes)
 
         yield from api_stream(run())
 
