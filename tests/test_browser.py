@@ -66,3 +66,30 @@ def test_generate_button_and_result_png(page):
     page.locator("#txt2img-progress", has_text="done in").wait_for(timeout=60_000)
     page.get_by_text("Seed", exact=False).first.wait_for()
     assert page.locator("text=/\\*?\\*?Seed \\d+/").count() >= 1
+
+
+def test_paint_a_mask_in_the_inpaint_tab_and_get_a_result(page, tmp_path):
+    from PIL import Image
+
+    picture = Image.new("RGB", (64, 64), "white")
+    picture.paste((255, 0, 0), (8, 8, 56, 56))
+    picture.save(tmp_path / "red.png")
+    page.get_by_role("tab", name="Inpaint").click()
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(tmp_path / "red.png"))
+    box = page.locator("#inpaint-editor canvas").first.bounding_box()
+    page.wait_for_timeout(1000)
+    page.locator("#inpaint-editor button[aria-label=Brush]").click()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 40, cy - 40)
+    page.mouse.down()
+    for dx in range(-40, 41, 8):  # a few strokes across the middle
+        page.mouse.move(cx + dx, cy - 40, steps=4)
+        page.mouse.move(cx + dx, cy + 40, steps=4)
+    page.mouse.up()
+    set_number(page, "inpaint-steps", 4)
+    page.locator("#inpaint-prompt textarea, #inpaint-prompt input").fill("a blue circle")
+    page.locator("#inpaint-generate").click()
+    page.locator("#inpaint-progress", has_text="done in").wait_for(timeout=60_000)
+    assert page.locator("#inpaint-filmstrip img").count() == 5
+    assert page.locator("#inpaint-result img").count() == 1
+    page.screenshot(path=str(tmp_path / "inpaint.png"), full_page=True)
