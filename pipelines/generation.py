@@ -52,6 +52,7 @@ class GenerationRequest:
     preview_every: int = 1  # decode previews every N steps (0: no previews)
     preview_decoder: str = "linear approximation"
     step_delay_ms: int = 0  # teaching: pause after each step so people can follow
+    loras: list = field(default_factory=list)  # [(LoRA name, weight)]: folder names, Hub ids or loaded names
 
 
 @dataclass
@@ -108,6 +109,9 @@ def check_request(model, request: GenerationRequest) -> tuple[GenerationRequest,
     """Validate and normalise a request for a model; returns the request to run and notes."""
     if not isinstance(request.prompt, str):
         raise GenerationError("The prompt must be text.")
+    for entry in request.loras or []:
+        if len(entry) != 2 or not -2 <= float(entry[1]) <= 2:
+            raise GenerationError(f"Each LoRA needs a name and a weight between -2 and 2; got {entry!r}.")
     steps = int(request.steps)
     if not 1 <= steps <= MAX_STEPS:
         raise GenerationError(f"Steps must be between 1 and {MAX_STEPS}; got {steps}.")
@@ -181,6 +185,7 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
         extra_settings: task settings to record in the result's metadata.
     """
     request, notes = check_request(model, request)
+    loras = [(model.loras.load(name).name, float(weight)) for name, weight in request.loras or []]
     cancel = cancel or threading.Event()
     shared = model.derive(pipeline_class, **(extra_components or {}))
     scheduler = make_scheduler(request.scheduler, model.pipe.scheduler)
@@ -218,7 +223,8 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
 
     def work():
         try:
-            events.put(pipe(**call_args).images[0])
+            with model.loras.use(loras):  # waits while other requests run with another LoRA set
+                events.put(pipe(**call_args).images[0])
         except BaseException as error:  # handed to the consumer thread
             events.put(error)
         finally:
@@ -255,7 +261,7 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
         _, x0, _ = model_view(model_output[:1], sample[:1], level, prediction_type)
         image = Image.fromarray(FullVaeDecoder(model.pipe.vae)(x0)[0])
     settings = dict(asdict(request), scheduler=describe(scheduler) if request.scheduler != DEFAULT_SCHEDULER
-                    else f"{DEFAULT_SCHEDULER} ({describe(scheduler)})", model=model.name, **(extra_settings or {}))
+                    else f"{DEFAULT_SCHEDULER} ({describe(scheduler)})", model=model.name, loras=model.loras.describe(loras), **(extra_settings or {}))
     yield GenerationResult(image=image, seed=request.seed, settings=settings, steps=steps, interrupted=interrupted,
                            total_ms=(time.perf_counter() - started) * 1000, notes=notes)
 

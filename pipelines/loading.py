@@ -44,6 +44,16 @@ class LoadedModel:
     dtype: torch.dtype
     derived: dict = field(default_factory=dict)  # pipeline class -> pipeline sharing components
     taesd: object = None  # optional AutoencoderTiny for fast previews
+    _loras: object = None
+
+    @property
+    def loras(self):
+        """The model's `LoraSet` (adapters loaded on the shared UNet and text encoder)."""
+        if self._loras is None:
+            from pipelines.lora import LoraSet
+
+            self._loras = LoraSet(self.pipe)
+        return self._loras
 
     @property
     def vae_scale_factor(self) -> int:

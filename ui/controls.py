@@ -8,12 +8,13 @@ import gradio as gr
 
 from pipelines.generation import MAX_SEED, MAX_STEPS, GenerationError, GenerationRequest
 from pipelines.loading import ModelLoadError
+from pipelines.lora import LoraError
 from pipelines.presets import PresetError, load_preset, preset_names
 from pipelines.previews import PREVIEW_DECODERS
 from pipelines.schedulers import DEFAULT_SCHEDULER, SchedulerError, scheduler_names
 
 log = logging.getLogger("denoise_studio")
-USER_ERRORS = (GenerationError, ModelLoadError, SchedulerError, PresetError)
+USER_ERRORS = (GenerationError, ModelLoadError, SchedulerError, PresetError, LoraError)
 
 
 def user_error(error: Exception) -> gr.Error:
