@@ -1,5 +1,8 @@
 """The launched app through gradio_client, as a script or another program would use it."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from diffusers import StableDiffusionPipeline
@@ -8,6 +11,8 @@ from PIL import Image
 
 from pipelines.generation import GenerationRequest, run
 from pipelines.metadata import read_settings
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +89,35 @@ def test_controlnet_endpoint_with_an_rgba_control_picture_of_another_size(client
     assert Image.open(final).size == (64, 64) and settings["task"] == "controlnet"
     assert any("resized from 128×128" in note for note in settings["notes"])
     assert len(job.outputs()) == 4
+
+
+@pytest.fixture()
+def folder_lora(app_server):
+    """A LoRA in the app's LoRA folder made for the app's model (removed afterwards)."""
+    from pipelines.lora import LORA_DIR
+    from test_lora import make_lora
+
+    LORA_DIR.mkdir(parents=True, exist_ok=True)
+    path = LORA_DIR / "test-random-style.safetensors"
+    make_lora(path, seed=11, pipe=app_server["manager"].get().pipe)
+    yield path.stem
+    path.unlink()
+    app_server["manager"].get().loras.unload(path.stem)
+
+
+def test_loras_through_the_api_apply_per_request_only(app_server, folder_lora):
+    """Two clients alternate with and without a LoRA: each gets exactly its solo picture."""
+    one, two = Client(app_server["url"], verbose=False), Client(app_server["url"], verbose=False)
+    args = dict(prompt="a red circle", steps=3, seed=9, api_name="/txt2img")
+    solo_plain = np.asarray(Image.open(one.predict(**args)[0]))
+    solo_lora_path, settings = two.predict(**args, loras=[[folder_lora, 1.0]])
+    solo_lora = np.asarray(Image.open(solo_lora_path))
+    assert settings["loras"][0]["name"] == folder_lora and not np.array_equal(solo_plain, solo_lora)
+    jobs = []
+    for _ in range(3):  # queued back to back, interleaved
+        jobs.append((one.submit(**args), solo_plain))
+        jobs.append((two.submit(**args, loras=[[folder_lora, 1.0]]), solo_lora))
+    for job, expected in jobs:
+        assert np.array_equal(np.asarray(Image.open(job.result()[0])), expected)
+    with pytest.raises(Exception, match="neither a LoRA"):
+        one.predict(**args, loras=[["../../secret", 1.0]])

@@ -16,9 +16,9 @@ from pipelines.tiny import tiny_components, tiny_pipeline
 SD = StableDiffusionPipeline
 
 
-def make_lora(path, seed, text_encoder=False, rank=4):
-    """A diffusers/PEFT-layout LoRA file with random weights for the tiny model's attention layers."""
-    pipe = tiny_pipeline()
+def make_lora(path, seed, text_encoder=False, rank=4, pipe=None):
+    """A diffusers/PEFT-layout LoRA file with random weights for a model's attention layers."""
+    pipe = pipe or tiny_pipeline()
     g = torch.Generator().manual_seed(seed)
     layers = {}
     targets = [("unet", pipe.unet, ("to_q", "to_k", "to_v", "to_out.0"))]

@@ -11,6 +11,7 @@ from pipelines.generation import GenerationRequest
 from pipelines.inputs import prepare_picture
 from pipelines.loading import list_local_models, MODELS_DIR
 from ui.controls import GenerationControls, user_error
+from ui.lora_panel import LoraPanel
 from ui.runner import MODEL_GROUP, api_stream, to_viewer, wire_stop
 from ui.step_viewer import StepViewer
 
@@ -50,6 +51,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                 end = gr.Slider(0, 1, value=1.0, step=0.05, label="Control until")
             controls = GenerationControls(TAB, model.size_multiple, model.default_size,
                                           prompt_placeholder="colours and kinds for the shapes in the control picture")
+            lora = LoraPanel(TAB, manager, model_choice)
         with gr.Column(scale=3, min_width=360):
             viewer = StepViewer(TAB)
             result = gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
@@ -70,9 +72,10 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
 
     def generate(model_name, picture_value, preprocessor_value, low_value, high_value, controlnet_value,
                  scale_value, start_value, end_value, prompt, negative_prompt, steps, guidance_scale, seed, width,
-                 height, scheduler, preview_every, preview_decoder, step_delay_ms, view, request: gr.Request):
+                 height, scheduler, preview_every, preview_decoder, step_delay_ms, view, loras, request: gr.Request):
         settings = controls.request(prompt, negative_prompt, steps, guidance_scale, seed, width, height, scheduler,
                                     preview_every, preview_decoder, step_delay_ms)
+        settings.loras = [tuple(entry) for entry in loras or []]
 
         def begin(flag):
             loaded = manager.get(model_name)
@@ -85,7 +88,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
         yield from to_viewer(begin, TAB, view, request)
 
     run_args = dict(fn=generate, inputs=[model_choice, picture, preprocessor, low, high, controlnet_name, scale,
-                                         start, end, *controls.values, viewer.view],
+                                         start, end, *controls.values, viewer.view, lora.selection],
                     outputs=[*viewer.outputs, result, info, controls.last_seed], concurrency_id=MODEL_GROUP,
                     show_progress="hidden", api_visibility="private")
     controls.generate.click(**run_args)
@@ -96,11 +99,12 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                    guidance_scale: float = 5.0, seed: int = -1, preprocessor: str = "canny",
                    low_threshold: int = CANNY_DEFAULT[0], high_threshold: int = CANNY_DEFAULT[1],
                    controlnet_model: str = EMBEDDED_CONTROLNET, conditioning_scale: float = 1.0,
-                   control_start: float = 0.0, control_end: float = 1.0, scheduler: str = "model default"):
+                   control_start: float = 0.0, control_end: float = 1.0, scheduler: str = "model default",
+                   loras: list | None = None):
         """Generate following a control picture; streams previews, then the final PNG and settings."""
         request = GenerationRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", steps=int(steps),
                                     guidance_scale=float(guidance_scale), seed=int(-1 if seed is None else seed),
-                                    scheduler=scheduler)
+                                    scheduler=scheduler, loras=[tuple(e) for e in loras or []])
 
         def run():
             loaded = manager.get()
@@ -114,7 +118,8 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
     api_control = gr.Image(visible=False, type="pil", image_mode=None)
     gr.Button(visible=False).click(
         controlnet, [controls.prompt, api_control, controls.negative_prompt, controls.steps, controls.guidance_scale,
-                     controls.seed, preprocessor, low, high, controlnet_name, scale, start, end, controls.scheduler],
+                     controls.seed, preprocessor, low, high, controlnet_name, scale, start, end, controls.scheduler,
+                     gr.JSON(visible=False)],
         [gr.Image(visible=False, type="pil", format="png"), gr.JSON(visible=False)], api_name="controlnet",
         concurrency_id=MODEL_GROUP)
     return {"picture": picture, "controls": controls, "viewer": viewer, "result": result}

@@ -9,6 +9,7 @@ from PIL import Image
 from pipelines.generation import GenerationError, GenerationRequest
 from pipelines.inpaint import inpaint_stream
 from ui.controls import GenerationControls
+from ui.lora_panel import LoraPanel
 from ui.runner import MODEL_GROUP, api_stream, to_viewer, wire_stop
 from ui.step_viewer import StepViewer
 
@@ -43,6 +44,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                 mask_blur = gr.Slider(0, 16, value=2, step=1, label="Mask blur (px)", info="feathers the edge")
             controls = GenerationControls(TAB, model.size_multiple, model.default_size,
                                           prompt_placeholder="what to paint inside the mask, e.g. a blue star")
+            lora = LoraPanel(TAB, manager, model_choice)
         with gr.Column(scale=3, min_width=360):
             viewer = StepViewer(TAB)
             result = gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
@@ -51,9 +53,10 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
 
     def generate(model_name, editor_value, strength_value, blur_value, prompt, negative_prompt, steps,
                  guidance_scale, seed, width, height, scheduler, preview_every, preview_decoder, step_delay_ms, view,
-                 request: gr.Request):
+                 loras, request: gr.Request):
         settings = controls.request(prompt, negative_prompt, steps, guidance_scale, seed, width, height, scheduler,
                                     preview_every, preview_decoder, step_delay_ms)
+        settings.loras = [tuple(entry) for entry in loras or []]
 
         def start(flag):
             image, mask = editor_to_image_and_mask(editor_value)
@@ -61,7 +64,8 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
 
         yield from to_viewer(start, TAB, view, request)
 
-    run_args = dict(fn=generate, inputs=[model_choice, editor, strength, mask_blur, *controls.values, viewer.view],
+    run_args = dict(fn=generate, inputs=[model_choice, editor, strength, mask_blur, *controls.values, viewer.view,
+                                         lora.selection],
                     outputs=[*viewer.outputs, result, info, controls.last_seed], concurrency_id=MODEL_GROUP,
                     show_progress="hidden", api_visibility="private")
     controls.generate.click(**run_args)
@@ -70,18 +74,18 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
 
     def inpaint(prompt: str, image: Image.Image, mask: Image.Image, negative_prompt: str | None = None,
                 steps: int = 25, guidance_scale: float = 5.0, seed: int = -1, strength: float = 1.0,
-                mask_blur: int = 2, scheduler: str = "model default"):
+                mask_blur: int = 2, scheduler: str = "model default", loras: list | None = None):
         """Repaint the white part of `mask` in `image`; streams previews, then the final PNG and settings."""
         request = GenerationRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", steps=int(steps),
                                     guidance_scale=float(guidance_scale), seed=int(-1 if seed is None else seed),
-                                    scheduler=scheduler)
+                                    scheduler=scheduler, loras=[tuple(e) for e in loras or []])
         yield from api_stream(inpaint_stream(manager.get(), request, image, mask, strength, mask_blur))
 
     api_image = gr.Image(visible=False, type="pil", image_mode=None)
     api_mask = gr.Image(visible=False, type="pil", image_mode=None)
     gr.Button(visible=False).click(
         inpaint, [controls.prompt, api_image, api_mask, controls.negative_prompt, controls.steps,
-                  controls.guidance_scale, controls.seed, strength, mask_blur, controls.scheduler],
+                  controls.guidance_scale, controls.seed, strength, mask_blur, controls.scheduler, gr.JSON(visible=False)],
         [gr.Image(visible=False, type="pil", format="png"), gr.JSON(visible=False)], api_name="inpaint",
         concurrency_id=MODEL_GROUP)
     return {"editor": editor, "controls": controls, "viewer": viewer, "result": result}
