@@ -15,6 +15,7 @@ import gradio as gr
 from diffusers.utils import logging as diffusers_logging
 
 from pipelines.loading import EMBEDDED_MODEL, ModelManager
+from pipelines.presets import preset_names
 from ui import controlnet, inpaint, model_bar, txt2img
 from ui.step_viewer import CSS
 
@@ -54,6 +55,10 @@ def build_app(manager: ModelManager) -> gr.Blocks:
         to_inpaint.click(lambda image: ({"background": image, "layers": [], "composite": image},
                                         gr.Tabs(selected="inpaint")),
                          text["result"], [paint["editor"], tabs], queue=False, api_visibility="private")
+        # preset files added while the app runs appear on the next page load
+        presets = [tab["controls"].preset for tab in (text, paint, control)]
+        demo.load(lambda: [gr.update(choices=preset_names())] * len(presets), None, presets, queue=False,
+                  api_visibility="private")
         to_control.click(lambda image: (image, gr.Tabs(selected="controlnet")), text["result"],
                          [control["picture"], tabs], queue=False, api_visibility="private")
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)

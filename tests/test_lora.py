@@ -149,3 +149,13 @@ def test_alternating_requests_from_two_threads_match_solo_runs(model, tmp_path):
     [t.join() for t in threads]
     for i in range(2):
         assert all(np.array_equal(r, solo[i]) for r in results[i])
+
+
+def test_hub_ids_offline_and_trigger_words(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LoraError, match="Hugging Face Hub"):
+        model.loras.load("someone/some-lora")
+    path = make_lora(tmp_path / "words.safetensors", seed=1)
+    (tmp_path / "words.json").write_text('{"trigger_words": ["outlined", "thick lines"]}')
+    info = model.loras.load(path, allow_path=True)
+    assert info.trigger_words == ("outlined", "thick lines")
