@@ -260,8 +260,11 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
         model_output, sample, level, _ = tap.last
         _, x0, _ = model_view(model_output[:1], sample[:1], level, prediction_type)
         image = Image.fromarray(FullVaeDecoder(model.pipe.vae)(x0)[0])
-    settings = dict(asdict(request), scheduler=describe(scheduler) if request.scheduler != DEFAULT_SCHEDULER
-                    else f"{DEFAULT_SCHEDULER} ({describe(scheduler)})", model=model.name, loras=model.loras.describe(loras), **(extra_settings or {}))
+    scheduler_name = describe(scheduler)
+    if request.scheduler == DEFAULT_SCHEDULER:
+        scheduler_name = f"{DEFAULT_SCHEDULER} ({scheduler_name})"
+    settings = dict(asdict(request), scheduler=scheduler_name, model=model.name, loras=model.loras.describe(loras),
+                    **(extra_settings or {}))
     yield GenerationResult(image=image, seed=request.seed, settings=settings, steps=steps, interrupted=interrupted,
                            total_ms=(time.perf_counter() - started) * 1000, notes=notes)
 
