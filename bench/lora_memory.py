@@ -40,12 +40,12 @@ def random_lora(pipe, path: Path, rank: int = 8) -> str:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="denoise-tiny")
+    parser.add_argument("--model", default="denoise-tiny", help="name in models/, Hub id or local folder")
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--lora", default="outline-style")
     args = parser.parse_args()
     diffusers_logging.set_verbosity_error()
-    model = ModelManager(args.model).get()
+    model = ModelManager(args.model, allow_any_path=True).get()
     tmp = tempfile.TemporaryDirectory()
     lora = args.lora if args.lora in list_loras() else random_lora(model.pipe, Path(tmp.name) / "random.safetensors")
     process = psutil.Process()

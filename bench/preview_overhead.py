@@ -29,7 +29,7 @@ PROMPT = "a large red circle on the left and a blue star on a white background"
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="denoise-tiny")
+    parser.add_argument("--model", default="denoise-tiny", help="name in models/, Hub id or local folder")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=7)
@@ -38,7 +38,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     diffusers_logging.set_verbosity_error()
-    model = ModelManager(args.model).get()
+    model = ModelManager(args.model, allow_any_path=True).get()
     pipe_class = type(model.pipe)
     request = dict(prompt=PROMPT, steps=args.steps, guidance_scale=args.guidance, seed=0)
 

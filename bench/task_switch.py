@@ -57,12 +57,12 @@ def last(items):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="denoise-tiny")
+    parser.add_argument("--model", default="denoise-tiny", help="name in models/, Hub id or local folder")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     diffusers_logging.set_verbosity_error()
     process = psutil.Process()
-    model = ModelManager(args.model).get()
+    model = ModelManager(args.model, allow_any_path=True).get()
     ModelMixin.from_pretrained = counting_from_pretrained
     size = model.default_size
     picture = Image.new("RGB", (size, size), "white")

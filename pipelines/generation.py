@@ -23,14 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.noise_math import model_view, noise_level
+from pipelines.noise_math import model_view, noise_level, view_coefficients
 from pipelines.previews import LINEAR_DECODERS, FullVaeDecoder, TinyVaeDecoder
 from pipelines.schedulers import DEFAULT_SCHEDULER, describe, make_scheduler
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
 MAX_SIDE = 2048
-VIEWS = ("x_t", "x0", "eps")  # what the sampler holds, the predicted clean picture, the predicted noise
 
 
 class GenerationError(Exception):
@@ -240,8 +239,7 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
             if isinstance(item, _RawStep):
                 pictures = None
                 if item.tensors is not None:
-                    x_t, x0, eps = model_view(*item.tensors, item.level, prediction_type)
-                    pictures = dict(zip(VIEWS, decode(torch.cat([x_t, x0, eps]))))
+                    pictures = decode.views(*item.tensors, view_coefficients(item.level, prediction_type))
                 event = StepEvent(index=item.index, total=item.total, timestep=item.timestep, sigma=item.level.sigma,
                                   alpha_bar=item.level.alpha_bar, noise_left=item.level.noise_left, ms=item.ms,
                                   pictures=pictures)

@@ -53,6 +53,27 @@ def noise_level(scheduler, timestep) -> NoiseLevel:
     return NoiseLevel(alpha_bar=alpha_bar, sigma=sigma, k_style=k_style)
 
 
+def view_coefficients(level: NoiseLevel, prediction_type: str) -> dict[str, tuple[float, float]]:
+    """x_t, x̂0 and ε̂ are each a linear mix α·sample + β·model_output; returns view -> (α, β).
+
+    Args:
+        level: `noise_level(scheduler, timestep)` taken just before the step.
+        prediction_type: the scheduler config's "epsilon", "v_prediction" or "sample".
+    """
+    a = level.alpha_bar
+    sqrt_a, sqrt_1ma = a**0.5, (1 - a) ** 0.5
+    c = sqrt_a if level.k_style else 1.0  # k-style samples are scaled by c_in = 1/√(σ²+1) = √ᾱ
+    if prediction_type == "epsilon":
+        x0, eps = (c / max(sqrt_a, 1e-6), -sqrt_1ma / max(sqrt_a, 1e-6)), (0.0, 1.0)
+    elif prediction_type == "v_prediction":
+        x0, eps = (sqrt_a * c, -sqrt_1ma), (sqrt_1ma * c, sqrt_a)
+    elif prediction_type == "sample":
+        x0, eps = (0.0, 1.0), (c / max(sqrt_1ma, 1e-6), -sqrt_a / max(sqrt_1ma, 1e-6))
+    else:
+        raise ValueError(f"Unsupported prediction_type {prediction_type!r}")
+    return {"x_t": (c, 0.0), "x0": x0, "eps": eps}
+
+
 def model_view(model_output: torch.Tensor, sample: torch.Tensor, level: NoiseLevel, prediction_type: str):
     """Return (x_t, x̂0, ε̂) in the model's latent space from one scheduler step's inputs.
 
@@ -62,19 +83,6 @@ def model_view(model_output: torch.Tensor, sample: torch.Tensor, level: NoiseLev
         level: `noise_level(scheduler, timestep)` taken just before the step.
         prediction_type: the scheduler config's "epsilon", "v_prediction" or "sample".
     """
-    a = torch.tensor(level.alpha_bar, dtype=torch.float32)
-    sqrt_a, sqrt_1ma = a.sqrt(), (1 - a).sqrt()
     out, x = model_output.float(), sample.float()
-    x_t = x * sqrt_a if level.k_style else x  # k-style: c_in = 1/√(σ²+1) = √ᾱ
-    if prediction_type == "epsilon":
-        eps = out
-        x0 = (x_t - sqrt_1ma * eps) / sqrt_a.clamp(min=1e-6)
-    elif prediction_type == "v_prediction":
-        x0 = sqrt_a * x_t - sqrt_1ma * out
-        eps = sqrt_1ma * x_t + sqrt_a * out
-    elif prediction_type == "sample":
-        x0 = out
-        eps = (x_t - sqrt_a * x0) / sqrt_1ma.clamp(min=1e-6)
-    else:
-        raise ValueError(f"Unsupported prediction_type {prediction_type!r}")
-    return x_t, x0, eps
+    coefficients = view_coefficients(level, prediction_type)
+    return tuple(alpha * x + beta * out for alpha, beta in (coefficients[v] for v in ("x_t", "x0", "eps")))

@@ -31,7 +31,21 @@ def _unscale(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents / vae.config.scaling_factor + shift
 
 
-class FullVaeDecoder:
+class Decoder:
+    """Turns latents into pictures; `views` decodes the step views given as linear mixes."""
+
+    def __call__(self, latents: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def views(self, model_output: torch.Tensor, sample: torch.Tensor,
+              coefficients: dict[str, tuple[float, float]]) -> dict[str, np.ndarray]:
+        """view name -> picture, for views = α·sample + β·model_output (see noise_math)."""
+        x, out = sample.float(), model_output.float()
+        latents = torch.cat([alpha * x + beta * out for alpha, beta in coefficients.values()])
+        return dict(zip(coefficients, self(latents)))
+
+
+class FullVaeDecoder(Decoder):
     name = "full VAE"
 
     def __init__(self, vae):
@@ -43,7 +57,7 @@ class FullVaeDecoder:
         return to_uint8(self.vae.decode(latents).sample)
 
 
-class TinyVaeDecoder:
+class TinyVaeDecoder(Decoder):
     """TAESD decoder; `AutoencoderTiny` takes latents already scaled as the UNet sees them."""
 
     name = "TAESD"
@@ -56,7 +70,7 @@ class TinyVaeDecoder:
         return to_uint8(self.taesd.decode(latents.to(self.taesd.device, self.taesd.dtype)).sample)
 
 
-class LinearDecoder:
+class LinearDecoder(Decoder):
     """RGB = W·latent + b per latent pixel, then nearest upsampling to picture size."""
 
     name = "linear approximation"
@@ -65,6 +79,19 @@ class LinearDecoder:
         self.weight = weight.float()  # (C, 3)
         self.bias = bias.float()  # (3,)
         self.upscale = upscale
+        self._weight_np, self._bias_np = self.weight.numpy(), self.bias.numpy()
+
+    def views(self, model_output, sample, coefficients):
+        """Fast path for every step: project sample and output once (the map is linear), mix the
+        projections per view. A handful of small numpy operations, so the sampling thread is
+        barely held up."""
+        s = np.einsum("chw,cr->hwr", sample[0].float().cpu().numpy(), self._weight_np)
+        o = np.einsum("chw,cr->hwr", model_output[0].float().cpu().numpy(), self._weight_np)
+        pictures = {}
+        for view, (alpha, beta) in coefficients.items():
+            rgb = np.clip((alpha * s + beta * o + self._bias_np + 1) * 127.5, 0, 255).astype(np.uint8)
+            pictures[view] = rgb.repeat(self.upscale, axis=0).repeat(self.upscale, axis=1)
+        return pictures
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> np.ndarray:

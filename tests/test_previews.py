@@ -20,3 +20,18 @@ def test_linear_decoder_fits_the_loaded_vae(tiny_model):
 def test_cache_fits_once_per_vae(tiny_model):
     cache = LinearDecoderCache()
     assert cache.get(tiny_model.pipe.vae) is cache.get(tiny_model.pipe.vae)
+
+
+def test_linear_fast_path_equals_decoding_each_view(tiny_model):
+    from pipelines.noise_math import NoiseLevel, model_view, view_coefficients
+
+    linear = LinearDecoder.fit(tiny_model.pipe.vae)
+    g = torch.Generator().manual_seed(5)
+    out, sample = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g) * 3
+    for k_style in (False, True):
+        level = NoiseLevel(alpha_bar=0.3, sigma=(0.7 / 0.3) ** 0.5, k_style=k_style)
+        for prediction_type in ("epsilon", "v_prediction", "sample"):
+            fast = linear.views(out, sample, view_coefficients(level, prediction_type))
+            slow = linear(torch.cat(model_view(out, sample, level, prediction_type)))
+            for picture, expected in zip(fast.values(), slow):
+                assert np.abs(picture.astype(int) - expected.astype(int)).max() <= 1

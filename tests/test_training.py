@@ -1,0 +1,172 @@
+"""Tests for the training package: tokenizer, dataset ground truth, scorer,
+every training stage on tiny sizes, and the SHIPPED model folders."""
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import (COLOR_NAMES, HOLDOUT_SET, SHAPES, caption, is_holdout, make_dataset, render,
+                           sample_spec)
+from training.scorer import aggregate, score
+from training.tokenizer import MODEL_MAX_LENGTH, WORDS, build_tokenizer, check_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+torch.set_num_threads(2)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def test_tokenizer_words_single_ids_and_roundtrip(tmp_path):
+    from transformers import AutoTokenizer, CLIPTokenizer
+    build_tokenizer(str(tmp_path / "tok"))
+    assert (tmp_path / "tok" / "vocab.json").exists() and (tmp_path / "tok" / "merges.txt").exists()
+    ids_seen = set()
+    for cls in (CLIPTokenizer, AutoTokenizer):
+        tok = cls.from_pretrained(str(tmp_path / "tok"))
+        assert tok.model_max_length == MODEL_MAX_LENGTH
+        for w in WORDS:
+            ids = tok(w, add_special_tokens=False).input_ids
+            assert len(ids) == 1, (cls, w, ids)
+            ids_seen.add(ids[0])
+        # unknown words decompose into sub-word / character tokens instead of failing
+        ids = tok("zebra", add_special_tokens=False).input_ids
+        assert len(ids) > 1 and tok.unk_token_id not in ids
+        assert len(tok("a red circle", padding="max_length").input_ids) == MODEL_MAX_LENGTH
+    assert len(ids_seen) == len(WORDS)  # distinct words -> distinct ids
+    # slow-format files alone (vocab.json + merges.txt) give the same ids
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(tmp_path / "tok" / f, slow / f)
+    tok2 = CLIPTokenizer(vocab=str(slow / "vocab.json"), merges=str(slow / "merges.txt"))
+    t1 = CLIPTokenizer.from_pretrained(str(tmp_path / "tok"))
+    s = "an outlined small red circle on the left on a white background"
+    assert tok2(s).input_ids == t1(s).input_ids
+
+
+# ----------------------------------------------------------------------------- dataset
+def test_dataset_deterministic_and_holdout_excluded():
+    a, ca, sa = make_dataset(8, seed=3)
+    b, cb, _ = make_dataset(8, seed=3)
+    assert np.array_equal(a, b) and ca == cb and a.shape == (8, 64, 64, 3)
+    rng = random.Random(0)
+    for _ in range(3000):
+        s = sample_spec(rng)
+        assert not is_holdout(s)
+        assert all(x["color"] != s["bg"] for x in s["shapes"])
+    rng = random.Random(1)
+    for _ in range(200):
+        s = sample_spec(rng, holdout=True)
+        assert (s["shapes"][0]["kind"], s["shapes"][0]["color"], s["bg"]) in HOLDOUT_SET
+    c = caption({"bg": "white", "shapes": [{"kind": "circle", "color": "red", "size": "small", "pos": "left"},
+                                           {"kind": "star", "color": "blue", "size": None, "pos": None}]})
+    assert c == "a small red circle on the left and a blue star on a white background"
+
+
+def test_render_ground_truth_matches_pixels():
+    rng = random.Random(4)
+    for _ in range(20):
+        s = sample_spec(rng)
+        im = np.asarray(render(s)).astype(int)
+        assert np.abs(im[0, 0] - np.array(__import__("training.data", fromlist=["COLORS"]).COLORS[s["bg"]])).max() < 3
+        for sh in s["shapes"]:
+            x0, y0, x1, y1 = sh["bbox"]
+            assert 0 <= x0 and x1 <= 64 and 0 <= y0 and y1 <= 64
+
+
+def test_scorer_correct_on_renders_and_detects_errors():
+    rng = random.Random(11)
+    specs = [sample_spec(rng, holdout=i % 2 == 0) for i in range(300)]
+    res = [score(render(s), s) for s in specs]
+    agg = aggregate(res, specs)
+    assert agg["background"] == 100 and agg["shape_color"] == 100
+    assert agg["shape_kind"] >= 98.5 and agg["position"] >= 98.5 and agg["two_shapes_present"] == 100
+    # wrong specs must be caught
+    s = specs[1]
+    wrong_bg = dict(s, bg=next(c for c in COLOR_NAMES if c != s["bg"] and all(x["color"] != c for x in s["shapes"])))
+    assert not score(render(s), wrong_bg)["bg"]
+    sh = dict(s["shapes"][0], kind=next(k for k in SHAPES if k != s["shapes"][0]["kind"]))
+    assert not score(render(s), dict(s, shapes=[sh]))["shapes"][0]["kind"]
+    blank = {"bg": s["bg"], "shapes": []}
+    assert not score(render(blank), s)["shapes"][0]["color"]
+
+
+# ----------------------------------------------------------------------------- tiny training runs
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from training import train_controlnet, train_lora, train_unet, train_vae
+    d = tmp_path_factory.mktemp("tiny")
+    vae = train_vae.main(["--out", str(d / "vae"), "--steps", "2", "--n-train", "16", "--n-eval", "8",
+                          "--channels", "8,16,16"])
+    pipe = train_unet.main(["--out", str(d / "unet"), "--vae", vae, "--steps", "2", "--batch", "4",
+                            "--n-train", "16", "--channels", "16,16,32", "--text-layers", "1",
+                            "--sample-every", "0", "--pipeline-out", str(d / "models" / "denoise-tiny")])
+    cn = train_controlnet.main(["--base", pipe, "--out", str(d / "cn"), "--steps", "2", "--batch", "4",
+                                "--n-train", "8", "--controlnet-out", str(d / "models" / "denoise-tiny-controlnet-canny")])
+    lora = train_lora.main(["--base", pipe, "--out", str(d / "lora"), "--steps", "2", "--batch", "4",
+                            "--n-train", "8", "--lora-out", str(d / "models" / "loras")])
+    return d / "models"
+
+
+def test_tiny_stages_produce_loadable_folders(tiny):
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL.from_pretrained(str(tiny.parent / "vae" / "final"))
+    assert vae.config.latent_channels == 4 and vae.config.scaling_factor != 1.0
+    assert json.load(open(tiny.parent / "vae" / "metrics.json"))["psnr_db"] > 0
+    _check_models(tiny, steps=2)
+
+
+def test_stage_resume_skips_finished(tiny):
+    from training import train_vae
+    out = train_vae.main(["--out", str(tiny.parent / "vae"), "--steps", "2"])
+    assert out.endswith("final")
+
+
+# ----------------------------------------------------------------------------- shipped folders
+def _check_models(models, steps=3):
+    from diffusers import (AutoPipelineForText2Image, ControlNetModel, StableDiffusionControlNetPipeline,
+                           StableDiffusionPipeline)
+    from training.train_controlnet import canny
+    base = str(models / "denoise-tiny")
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    assert pipe.safety_checker is None and pipe.feature_extractor is None
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.rescale_betas_zero_snr
+    g = torch.Generator().manual_seed(0)
+    im = pipe("a red circle on a white background", num_inference_steps=steps, guidance_scale=5.0,
+              generator=g).images[0]
+    assert im.size == (64, 64)
+    auto = AutoPipelineForText2Image.from_pretrained(base)
+    assert type(auto).__name__ == "StableDiffusionPipeline"
+    cn = ControlNetModel.from_pretrained(str(models / "denoise-tiny-controlnet-canny"))
+    cp = StableDiffusionControlNetPipeline.from_pretrained(base, controlnet=cn, safety_checker=None)
+    ctrl = canny(render(sample_spec(random.Random(0))))
+    im2 = cp("a blue star on a white background", image=ctrl, num_inference_steps=steps).images[0]
+    assert im2.size == (64, 64)
+    meta = json.load(open(models / "loras" / "outline-style.json"))
+    assert meta["trigger_words"] == ["outlined"]
+    pipe.load_lora_weights(str(models / "loras"), weight_name="outline-style.safetensors", adapter_name="x")
+    assert "x" in pipe.get_list_adapters()["unet"] and "x" in pipe.get_list_adapters()["text_encoder"]
+    a = np.asarray(pipe("an outlined red circle on a white background", num_inference_steps=steps,
+                        generator=torch.Generator().manual_seed(0)).images[0], np.float32)
+    pipe.set_adapters(["x"], adapter_weights=[0.0])
+    b = np.asarray(pipe("an outlined red circle on a white background", num_inference_steps=steps,
+                        generator=torch.Generator().manual_seed(0)).images[0], np.float32)
+    assert a.shape == (64, 64, 3) and np.abs(a - b).mean() > 0  # the LoRA changes the output
+
+
+def test_shipped_models_load_and_generate():
+    for f in ("denoise-tiny/model_index.json", "denoise-tiny-controlnet-canny/config.json",
+              "loras/outline-style.safetensors"):
+        assert (MODELS / f).exists(), f
+    assert not list(MODELS.rglob("*.bin")) and not list(MODELS.rglob("*.pt"))
+    size = sum(p.stat().st_size for p in MODELS.rglob("*") if p.is_file())
+    assert size < 100e6
+    idx = json.load(open(MODELS / "denoise-tiny" / "model_index.json"))
+    assert idx["safety_checker"] == [None, None] and idx["feature_extractor"] == [None, None]
+    _check_models(MODELS)
