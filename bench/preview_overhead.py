@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
-from pipelines.generation import GenerationRequest, run  # noqa: E402
+from pipelines.generation import WORKERS, GenerationRequest, run  # noqa: E402
 from pipelines.loading import ModelManager  # noqa: E402
 from pipelines.previews import LINEAR_DECODERS  # noqa: E402
 from pipelines.schedulers import make_scheduler  # noqa: E402
@@ -43,10 +43,11 @@ def main():
     request = dict(prompt=PROMPT, steps=args.steps, guidance_scale=args.guidance, seed=0)
 
     def bare():
+        """The same pipeline call with no callback, on the same kind of worker thread as the app's."""
         pipe = pipe_class.from_pipe(model.pipe, scheduler=make_scheduler("model default", model.pipe.scheduler))
         pipe.set_progress_bar_config(disable=True)
-        pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance,
-             generator=torch.Generator("cpu").manual_seed(0))
+        WORKERS.submit(pipe, PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                       generator=torch.Generator("cpu").manual_seed(0)).result()
 
     def app_linear():
         run(model, pipe_class, GenerationRequest(**request, preview_every=1, preview_decoder="linear approximation"))

@@ -12,6 +12,7 @@ own scheduler instance, its own CPU generator and its own cancel flag.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 import queue
 import secrets
 import threading
@@ -30,6 +31,14 @@ from pipelines.schedulers import DEFAULT_SCHEDULER, describe, make_scheduler
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
 MAX_SIDE = 2048
+
+
+# Every pipeline call runs on this one long-lived thread. torch's OpenMP thread team belongs to the
+# calling thread: a thread per request (or torch work in the consumer thread too) makes several
+# teams spin against each other on a few cores, which measured 3-80x slower here. Model runs are
+# serialised anyway (Gradio's "model" concurrency group); previews are decoded on this thread
+# between steps, and the consumer only forwards events.
+WORKERS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoise-generation")
 
 
 class GenerationError(Exception):
@@ -140,18 +149,6 @@ def preview_decoder(model, name: str):
     return LINEAR_DECODERS.get(model.pipe.vae)
 
 
-@dataclass
-class _RawStep:
-    """What the sampling thread hands over after a step; pictures are decoded by the consumer."""
-
-    index: int
-    total: int
-    timestep: float
-    level: object
-    ms: float
-    tensors: tuple | None  # (model_output, sample) when this step is previewed
-
-
 class StepTap:
     """Wraps one request's scheduler so every step records what the model saw and predicted."""
 
@@ -203,10 +200,11 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
             total[0] = len(p.scheduler.timesteps)  # Heun and friends take more model calls than steps
         model_output, sample, level, t = tap.last
         now = time.perf_counter()
-        # Decoding happens in the consumer thread, overlapping the next UNet step (torch releases the GIL).
-        preview = decode is not None and (index % request.preview_every == 0 or index == total[0] - 1)
-        events.put(_RawStep(index, total[0], t, level, (now - last_time[0]) * 1000,
-                            (model_output[:1], sample[:1]) if preview else None))
+        pictures = None
+        if decode is not None and (index % request.preview_every == 0 or index == total[0] - 1):
+            pictures = decode.views(model_output[:1], sample[:1], view_coefficients(level, prediction_type))
+        events.put(StepEvent(index=index, total=total[0], timestep=t, sigma=level.sigma, alpha_bar=level.alpha_bar,
+                             noise_left=level.noise_left, ms=(now - last_time[0]) * 1000, pictures=pictures))
         if request.step_delay_ms:
             time.sleep(request.step_delay_ms / 1000)
         if cancel.is_set():
@@ -230,28 +228,21 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
             events.put(done)
 
     started = time.perf_counter()
-    worker = threading.Thread(target=work, name="denoise-generation", daemon=True)
-    worker.start()
+    worker = WORKERS.submit(work)
     steps: list[StepEvent] = []
     image = None
     try:
         while (item := events.get()) is not done:
-            if isinstance(item, _RawStep):
-                pictures = None
-                if item.tensors is not None:
-                    pictures = decode.views(*item.tensors, view_coefficients(item.level, prediction_type))
-                event = StepEvent(index=item.index, total=item.total, timestep=item.timestep, sigma=item.level.sigma,
-                                  alpha_bar=item.level.alpha_bar, noise_left=item.level.noise_left, ms=item.ms,
-                                  pictures=pictures)
-                steps.append(event)
-                yield event
+            if isinstance(item, StepEvent):
+                steps.append(item)
+                yield item
             elif isinstance(item, BaseException):
                 raise GenerationError(f"Generation failed: {type(item).__name__}: {item}") from item
             else:
                 image = item
     finally:
         cancel.set()  # a consumer that stops listening stops the work too
-        worker.join()
+        worker.result()
     interrupted = bool(pipe._interrupt)
     if interrupted and tap.last is not None:
         notes.append(f"stopped after step {len(steps)} of {total[0]}: the picture is the model's guess x̂0 at that point")
