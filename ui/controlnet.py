@@ -12,7 +12,7 @@ from pipelines.inputs import prepare_picture
 from pipelines.loading import list_local_models, MODELS_DIR
 from ui.controls import GenerationControls, user_error
 from ui.lora_panel import LoraPanel
-from ui.runner import MODEL_GROUP, api_stream, to_viewer, wire_stop
+from ui.runner import MODEL_GROUP, api_stream, result_image, to_viewer, wire_stop
 from ui.step_viewer import StepViewer
 
 TAB = "controlnet"
@@ -54,8 +54,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
             lora = LoraPanel(TAB, manager, model_choice)
         with gr.Column(scale=3, min_width=360):
             viewer = StepViewer(TAB)
-            result = gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
-                              elem_classes="ds-pixelated", height=200, elem_id=f"{TAB}-result")
+            result = result_image(TAB)
             info = gr.Markdown()
 
     def show_control(model_name, picture_value, preprocessor_value, low_value, high_value):

@@ -10,7 +10,7 @@ from pipelines.generation import GenerationError, GenerationRequest
 from pipelines.inpaint import inpaint_stream
 from ui.controls import GenerationControls
 from ui.lora_panel import LoraPanel
-from ui.runner import MODEL_GROUP, api_stream, to_viewer, wire_stop
+from ui.runner import MODEL_GROUP, api_stream, result_image, to_viewer, wire_stop
 from ui.step_viewer import StepViewer
 
 TAB = "inpaint"
@@ -47,8 +47,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
             lora = LoraPanel(TAB, manager, model_choice)
         with gr.Column(scale=3, min_width=360):
             viewer = StepViewer(TAB)
-            result = gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
-                              elem_classes="ds-pixelated", height=200, elem_id=f"{TAB}-result")
+            result = result_image(TAB)
             info = gr.Markdown()
 
     def generate(model_name, editor_value, strength_value, blur_value, prompt, negative_prompt, steps,

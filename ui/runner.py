@@ -20,6 +20,12 @@ def result_info(result: GenerationResult) -> str:
     return f"**Seed {result.seed}** · {result.total_ms / 1000:.2f} s{notes}\n```\n{infotext(result.settings)}\n```"
 
 
+def result_image(tab: str) -> gr.Image:
+    """The finished picture; a PNG download keeps the settings in its text chunks."""
+    return gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
+                    elem_classes="ds-pixelated", height=200, elem_id=f"{tab}-result")
+
+
 def to_viewer(start_stream, tab: str, view: str, request: gr.Request):
     """Run `start_stream(cancel_flag)` and yield updates for `StepViewer.outputs + [result, info, last_seed]`.
 

@@ -7,7 +7,7 @@ import gradio as gr
 from pipelines.generation import GenerationRequest, stream
 from ui.controls import GenerationControls
 from ui.lora_panel import LoraPanel
-from ui.runner import MODEL_GROUP, api_stream, to_viewer, wire_stop
+from ui.runner import MODEL_GROUP, api_stream, result_image, to_viewer, wire_stop
 from ui.step_viewer import StepViewer
 
 TAB = "txt2img"
@@ -23,8 +23,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
             lora = LoraPanel(TAB, manager, model_choice)
         with gr.Column(scale=3, min_width=360):
             viewer = StepViewer(TAB)
-            result = gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
-                              elem_classes="ds-pixelated", height=200, elem_id=f"{TAB}-result")
+            result = result_image(TAB)
             send_row = gr.Row()
             info = gr.Markdown()
 
