@@ -1,0 +1,181 @@
+"""Evaluate the SHIPPED model folders with diffusers' own loaders.
+
+    python -m training.evaluate [--models models] [--n-eval 64] [--out runs/eval.json]
+
+Scores generated pictures against the grammar (training/scorer.py): background
+colour, shape colour and kind, position word, both shapes present; VAE PSNR on
+held-out pictures; ControlNet edge IoU (dilated canny maps) + colour check; LoRA
+effect at weights 0 / 0.5 / 1; wall time of one 25-step image with guidance.
+"""
+import argparse
+import json
+import os
+import random
+import time
+
+import cv2
+import numpy as np
+import torch
+from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline,
+                       StableDiffusionPipeline)
+
+from training.common import psnr
+from training.data import COLORS, caption, grid, render, sample_spec
+from training.scorer import aggregate, palette_labels, score
+from training.train_controlnet import canny
+
+STEPS, GUIDANCE = 25, 5.0
+BARS = {"background": 98, "shape_color": 95, "shape_kind": 95, "position": 90, "two_shapes_present": 80}
+
+
+def generate(pipe, prompts, seeds, bs=8, **kw):
+    ims = []
+    for i in range(0, len(prompts), bs):
+        gens = [torch.Generator().manual_seed(s) for s in seeds[i:i + bs]]
+        ims += pipe(prompts[i:i + bs], num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                    generator=gens, **{k: (v[i:i + bs] if isinstance(v, list) else v) for k, v in kw.items()}).images
+    return ims
+
+
+def eval_prompts(pipe, n, seed, holdout, tag, save_dir):
+    rng = random.Random(seed)
+    specs = [sample_spec(rng, holdout=holdout) for _ in range(n)]
+    prompts = [caption(s) for s in specs]
+    ims = generate(pipe, prompts, list(range(seed, seed + n)))
+    res = [score(im, sp) for im, sp in zip(ims, specs)]
+    grid(ims[:32], 8, 2).save(os.path.join(save_dir, f"eval_{tag}.png"))
+    return aggregate(res, specs), [{"prompt": p, **{k: v for k, v in r.items() if k != "shapes"},
+                                    "shapes": r["shapes"]} for p, r in zip(prompts, res)]
+
+
+def edge_iou(a, b, k=3):
+    ea = cv2.dilate((np.asarray(a)[:, :, 0] > 127).astype(np.uint8), np.ones((k, k), np.uint8))
+    eb = cv2.dilate((np.asarray(b)[:, :, 0] > 127).astype(np.uint8), np.ones((k, k), np.uint8))
+    return float((ea & eb).sum() / max((ea | eb).sum(), 1))
+
+
+def dark_fraction(img):
+    lab = palette_labels(img)
+    return float((lab == list(COLORS).index("black")).mean())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="models")
+    ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--n-train-dist", type=int, default=32)
+    ap.add_argument("--n-control", type=int, default=16)
+    ap.add_argument("--n-lora", type=int, default=12)
+    ap.add_argument("--out", default="runs/eval.json")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    save_dir = os.path.dirname(a.out) or "."
+    os.makedirs(save_dir, exist_ok=True)
+    base = os.path.join(a.models, "denoise-tiny")
+    R = {}
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+
+    # timing of one 25-step 64x64 image with guidance
+    p = "a red circle on the left on a white background"
+    pipe(p, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        pipe(p, num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(0))
+        ts.append(time.perf_counter() - t0)
+    R["seconds_per_image_25steps_cfg"] = float(np.median(ts))
+    R["torch_threads"] = a.threads
+
+    # prompt following on held-out combos and on the training distribution
+    R["heldout"], details = eval_prompts(pipe, a.n_eval, 1000, True, "heldout", save_dir)
+    if a.n_train_dist:
+        R["train_dist"], _ = eval_prompts(pipe, a.n_train_dist, 5000, False, "traindist", save_dir)
+
+    # VAE reconstruction
+    from training.train_vae import eval_images, eval_psnr
+    vae = AutoencoderKL.from_pretrained(os.path.join(base, "vae"))
+    R["vae_psnr_db"] = eval_psnr(vae, eval_images(256))
+
+    # ControlNet
+    cn_dir = os.path.join(a.models, "denoise-tiny-controlnet-canny")
+    if os.path.exists(os.path.join(cn_dir, "config.json")):
+        cn = ControlNetModel.from_pretrained(cn_dir)
+        cpipe = StableDiffusionControlNetPipeline(
+            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+            controlnet=cn, scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+        cpipe.set_progress_bar_config(disable=True)
+        rng = random.Random(77)
+        specs = [sample_spec(rng, holdout=True) for _ in range(a.n_control)]
+        ctrls = [canny(render(s)) for s in specs]
+        ims = generate(cpipe, [caption(s) for s in specs], list(range(a.n_control)), image=ctrls)
+        ious = [edge_iou(canny(im), c) for im, c in zip(ims, ctrls)]
+        res = [score(im, s) for im, s in zip(ims, specs)]
+        # the same prompts WITHOUT control as a reference for the IoU
+        ref = generate(pipe, [caption(s) for s in specs], list(range(a.n_control)))
+        agg = aggregate(res, specs)
+        R["controlnet"] = {"edge_iou": float(np.mean(ious)), "edge_iou_without_control": float(np.mean(
+            [edge_iou(canny(im), c) for im, c in zip(ref, ctrls)])), "background": agg["background"],
+            "shape_color": agg["shape_color"], "shape_kind": agg["shape_kind"], "n": a.n_control}
+        grid(ctrls[:8] + ims[:8], 8, 2).save(os.path.join(save_dir, "eval_controlnet.png"))
+
+    # LoRA
+    lora_dir = os.path.join(a.models, "loras")
+    if os.path.exists(os.path.join(lora_dir, "outline-style.safetensors")):
+        pipe.load_lora_weights(lora_dir, weight_name="outline-style.safetensors", adapter_name="outline")
+        rng = random.Random(99)
+        specs = []
+        while len(specs) < a.n_lora:
+            s = sample_spec(rng, holdout=False)
+            if s["bg"] != "black" and all(x["color"] != "black" for x in s["shapes"]):
+                specs.append(s)
+        prompts = [caption(s, style="outlined") for s in specs]
+        out = {}
+        rows = []
+        for w in (0.0, 0.5, 1.0):
+            pipe.set_adapters(["outline"], adapter_weights=[w])
+            ims = generate(pipe, prompts, list(range(a.n_lora)))
+            rows.append(ims)
+            out[w] = ims
+        base_arr = [np.asarray(x, np.float32) for x in out[0.0]]
+        R["lora"] = {f"w{w}": {"dark_outline_fraction": float(np.mean([dark_fraction(x) for x in out[w]])),
+                               "mean_abs_diff_vs_w0": float(np.mean([np.abs(np.asarray(x, np.float32) - b).mean()
+                                                                     for x, b in zip(out[w], base_arr)]))}
+                     for w in (0.0, 0.5, 1.0)}
+        R["lora"]["score_w1"] = aggregate([score(im, s) for im, s in zip(out[1.0], specs)], specs)
+        grid(rows[0][:8] + rows[1][:8] + rows[2][:8], 8, 2).save(os.path.join(save_dir, "eval_lora.png"))
+        pipe.unload_lora_weights()
+
+    R["bars"] = BARS
+    json.dump({"results": R, "heldout_details": details}, open(a.out, "w"), indent=2)
+    print_table(R)
+    return R
+
+
+def print_table(R):
+    print(f"\n{'metric':38s} {'value':>9s}  bar")
+    h = R["heldout"]
+    for k in ("background", "shape_color", "shape_kind", "position", "two_shapes_present"):
+        print(f"{'held-out ' + k:38s} {h[k]:8.1f}%  >= {BARS[k]}%")
+    if "train_dist" in R:
+        t = R["train_dist"]
+        for k in ("background", "shape_color", "shape_kind", "position", "two_shapes_present"):
+            print(f"{'train-dist ' + k:38s} {t[k]:8.1f}%")
+    print(f"{'VAE PSNR (held-out pictures)':38s} {R['vae_psnr_db']:8.2f} dB >= 30 dB")
+    if "controlnet" in R:
+        c = R["controlnet"]
+        print(f"{'ControlNet edge IoU (dilated 3x3)':38s} {c['edge_iou']:9.3f}  >= 0.6")
+        print(f"{'  same prompts without control':38s} {c['edge_iou_without_control']:9.3f}")
+        print(f"{'ControlNet background colour':38s} {c['background']:8.1f}%")
+        print(f"{'ControlNet shape colour':38s} {c['shape_color']:8.1f}%")
+    if "lora" in R:
+        for w in ("w0.0", "w0.5", "w1.0"):
+            l = R["lora"][w]
+            print(f"{'LoRA ' + w + ' dark outline px / diff vs w0':38s} {l['dark_outline_fraction']:9.3f}  {l['mean_abs_diff_vs_w0']:.1f}")
+    print(f"{'seconds per 25-step image (CFG 5)':38s} {R['seconds_per_image_25steps_cfg']:9.3f}  < 1 s")
+
+
+if __name__ == "__main__":
+    main()

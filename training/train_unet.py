@@ -1,0 +1,235 @@
+"""Stage 2: train the text-conditioned UNet jointly with a tiny CLIP text encoder.
+
+Latent diffusion on the VAE's 4x16x16 latents: v-prediction, zero-terminal-SNR
+(rescaled scaled_linear betas), 10% caption dropout for classifier-free guidance.
+The dataset is rendered once, encoded once (posterior mean * scaling_factor) and
+cached under <out>/data.pt.  Resumable from <out>/ckpt.pt.
+
+    python -m training.train_unet --vae runs/vae/final --out runs/unet
+    python -m training.train_unet --export-only --pipeline-out models/denoise-tiny
+"""
+import argparse
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from training.common import load_ckpt, lr_at, save_ckpt, setup
+from training.data import grid, make_dataset
+from training.tokenizer import MODEL_MAX_LENGTH, build_tokenizer
+
+# ----------------------------------------------------------------------------- config
+OUT = "runs/unet"
+VAE_DIR = "runs/vae/final"
+PIPELINE_OUT = "models/denoise-tiny"
+STEPS = 3500
+BATCH = 64
+LR = 1e-3
+WARMUP = 200
+N_TRAIN = 40000
+CAPTION_DROPOUT = 0.1
+UNET_CHANNELS = (32, 64, 128)
+LAYERS_PER_BLOCK = 1
+TEXT_HIDDEN = 128
+TEXT_LAYERS = 3
+BF16 = False            # bf16 autocast was not faster for this UNet on CPU
+CKPT_EVERY = 250
+SAMPLE_EVERY = 1000
+SEED = 1
+SAMPLE_PROMPTS = [
+    "a red circle on a white background",
+    "a large blue star on a yellow background",
+    "a small green triangle on the left on a black background",
+    "a purple square at the top on an orange background",
+    "a yellow star in the center on a purple background",
+    "a white circle on the right and a red square on the left on a blue background",
+    "an orange triangle at the bottom on a green background",
+    "a black star at the top and a small blue circle at the bottom on a white background",
+]
+
+SCHEDULER_KW = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                    beta_end=0.012, rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                    timestep_spacing="trailing", clip_sample=False, steps_offset=1)
+
+
+def make_text_encoder(tok, hidden=TEXT_HIDDEN, layers=TEXT_LAYERS):
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4,
+                         num_hidden_layers=layers, num_attention_heads=4,
+                         max_position_embeddings=MODEL_MAX_LENGTH, projection_dim=hidden,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    return CLIPTextModel(cfg)
+
+
+def make_unet(channels=UNET_CHANNELS, layers=LAYERS_PER_BLOCK, cross_dim=TEXT_HIDDEN):
+    n = len(channels)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=tuple(channels),
+        layers_per_block=layers, cross_attention_dim=cross_dim, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        norm_num_groups=16,
+    )
+
+
+def tokenize(tok, captions):
+    return tok(captions, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
+               return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_images(vae, imgs_uint8, bs=256, bf16=False):
+    out = []
+    sf = vae.config.scaling_factor
+    for i in tqdm(range(0, len(imgs_uint8), bs), desc="encode", mininterval=10):
+        x = torch.from_numpy(imgs_uint8[i:i + bs]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(vae.device)
+        with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=bf16):
+            z = vae.encode(x).latent_dist.mean.float()
+        out.append((z * sf).half().cpu())
+    return torch.cat(out)
+
+
+def build_pipeline(unet, text_encoder, tok, vae):
+    sched = DDIMScheduler(**SCHEDULER_KW)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+@torch.no_grad()
+def sample_grid(pipe, prompts, path, seed=0, steps=25, guidance=5.0):
+    g = torch.Generator().manual_seed(seed)
+    ims = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=g).images
+    grid(ims, 4, 3).save(path)
+
+
+def export_pipeline(unet, text_encoder, vae_dir, out_dir, dtype=torch.float32):
+    """Write a standard diffusers StableDiffusionPipeline folder (safetensors, fp32 so CPU loading works unchanged)."""
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = build_tokenizer(os.path.join(tmp, "tokenizer"))
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    import copy
+    pipe = build_pipeline(copy.deepcopy(unet).to("cpu", dtype), copy.deepcopy(text_encoder).to("cpu", dtype),
+                          tok, vae.to(dtype))
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    build_tokenizer(os.path.join(tmp, "tokenizer"))  # re-write vocab.json/merges.txt after save
+    for keep in ("README.md",):
+        if os.path.exists(os.path.join(out_dir, keep)):
+            shutil.copy(os.path.join(out_dir, keep), os.path.join(tmp, keep))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def load_data(out, vae_dir, n, dev, bf16):
+    path = os.path.join(out, f"data_{n}.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    imgs, caps, _ = make_dataset(n, SEED, progress=True)
+    vae = AutoencoderKL.from_pretrained(vae_dir).to(dev).eval()
+    lat = encode_images(vae, imgs, bf16=bf16)
+    tok = build_tokenizer()
+    d = {"latents": lat, "ids": tokenize(tok, caps).to(torch.int16), "captions": caps}
+    torch.save(d, path)
+    return d
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--vae", default=VAE_DIR)
+    ap.add_argument("--pipeline-out", default=PIPELINE_OUT)
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--batch", type=int, default=BATCH)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--n-train", type=int, default=N_TRAIN)
+    ap.add_argument("--channels", default=",".join(map(str, UNET_CHANNELS)))
+    ap.add_argument("--text-layers", type=int, default=TEXT_LAYERS)
+    ap.add_argument("--sample-every", type=int, default=SAMPLE_EVERY)
+    ap.add_argument("--export-only", action="store_true", help="export latest checkpoint as pipeline")
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    dev = setup(a.device, a.threads, SEED)
+    os.makedirs(a.out, exist_ok=True)
+    use_bf16 = BF16 and not a.no_bf16
+    done_flag = os.path.join(a.out, "DONE")
+
+    tok = build_tokenizer()
+    unet = make_unet(tuple(int(c) for c in a.channels.split(","))).to(dev)
+    te = make_text_encoder(tok, layers=a.text_layers).to(dev)
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
+    step = 0
+    ck = load_ckpt(os.path.join(a.out, "ckpt.pt"))
+    if ck:
+        unet.load_state_dict(ck["unet"]); te.load_state_dict(ck["te"]); opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+        print("resumed at step", step)
+    print(f"unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M  text encoder {sum(p.numel() for p in te.parameters())/1e6:.2f}M")
+    if a.export_only or os.path.exists(done_flag):
+        if not a.no_export:
+            export_pipeline(unet, te, a.vae, a.pipeline_out)
+            print("exported", a.pipeline_out, "from step", step)
+        return a.pipeline_out
+
+    data = load_data(a.out, a.vae, a.n_train, dev, use_bf16)
+    lat, ids = data["latents"], data["ids"].long()
+    empty_ids = tokenize(tok, [""])[0]
+    sched = DDPMScheduler(**SCHEDULER_KW)
+    acp = sched.alphas_cumprod.to(dev)
+    g = torch.Generator().manual_seed(SEED + step)
+    pbar = tqdm(range(step, a.steps), initial=step, total=a.steps, desc="unet", mininterval=10)
+    unet.train(); te.train()
+    for step in pbar:
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, a.steps, a.lr, warmup=min(WARMUP, a.steps // 10))
+        idx = torch.randint(0, len(lat), (a.batch,), generator=g)
+        x0 = lat[idx].float().to(dev)
+        cond = ids[idx].clone()
+        drop = torch.rand(a.batch, generator=g) < CAPTION_DROPOUT
+        cond[drop] = empty_ids
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        t = torch.randint(0, 1000, (a.batch,), generator=g).to(dev)
+        ab = acp[t].view(-1, 1, 1, 1)
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            h = te(cond.to(dev))[0]
+            pred = unet(xt, t, encoder_hidden_states=h).sample.float()
+        loss = F.mse_loss(pred, v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 10 == 0:
+            pbar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % CKPT_EVERY == 0 or step + 1 == a.steps:
+            save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
+                      opt=opt.state_dict(), step=step + 1)
+        if a.sample_every and ((step + 1) % a.sample_every == 0 or step + 1 == a.steps):
+            unet.eval(); te.eval()
+            vae = AutoencoderKL.from_pretrained(a.vae)
+            pipe = build_pipeline(unet, te, tok, vae.to(dev))
+            pipe.set_progress_bar_config(disable=True)
+            sample_grid(pipe, SAMPLE_PROMPTS, os.path.join(a.out, f"samples_{step+1:06d}.png"))
+            unet.train(); te.train()
+    open(done_flag, "w").write(str(a.steps))
+    unet.eval(); te.eval()
+    if not a.no_export:
+        export_pipeline(unet, te, a.vae, a.pipeline_out)
+        print("exported", a.pipeline_out)
+    return a.pipeline_out
+
+
+if __name__ == "__main__":
+    main()
