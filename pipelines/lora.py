@@ -130,6 +130,8 @@ def _down_key(key: str) -> tuple[str, str] | None:
     """(part, module path) of a LoRA down-projection key in any of diffusers' converted layouts."""
     key = re.sub(r"\.processor\.(to_q|to_k|to_v)_lora\.", r".\1.lora.", key)  # older attn-processor layout
     key = key.replace(".processor.to_out_lora.", ".to_out.0.lora.").replace(".lora_linear_layer.", ".lora.")
+    # kohya text-encoder keys come back from diffusers in the old layout: self_attn.to_q_lora.down
+    key = re.sub(r"\.self_attn\.to_(q|k|v|out)_lora\.", r".self_attn.\1_proj.lora.", key)
     down = re.match(r"^(unet|text_encoder)\.(.+?)\.(lora_A|lora\.down|lora_down)(\.[\w-]+)?\.weight$", key)
     return (down.group(1), down.group(2)) if down else None
 
@@ -159,7 +161,8 @@ def check(pipe, name: str, path: str) -> tuple[LoraInfo, dict]:
         total += 1
         part, module_path = down
         text_encoder |= part == "text_encoder"
-        module = modules[part].get(module_path)
+        # transformers 5 flattened CLIPTextModel; older LoRA files still say text_model.
+        module = modules[part].get(module_path) or modules[part].get(module_path.removeprefix("text_model."))
         weight = getattr(module, "weight", None)
         if weight is not None and weight.ndim >= 2 and tensor.shape[1] == weight.shape[1]:
             matched += 1
