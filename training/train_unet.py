@@ -158,6 +158,10 @@ def main(argv=None):
     ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None,
+                    help="start from the unet/ and text_encoder/ of an exported pipeline folder "
+                         "(continue training a shipped model instead of starting from scratch)")
+    ap.add_argument("--warmup", type=int, default=WARMUP)
     a = ap.parse_args(argv)
     dev = setup(a.device, a.threads, SEED)
     os.makedirs(a.out, exist_ok=True)
@@ -171,6 +175,10 @@ def main(argv=None):
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     step = 0
     ck = load_ckpt(os.path.join(a.out, "ckpt.pt"))
+    if a.init and not ck:
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(a.init, subfolder="unet").state_dict())
+        te.load_state_dict(CLIPTextModel.from_pretrained(a.init, subfolder="text_encoder").state_dict())
+        print("initialised from", a.init)
     if ck:
         unet.load_state_dict(ck["unet"]); te.load_state_dict(ck["te"]); opt.load_state_dict(ck["opt"])
         step = ck["step"]
@@ -192,7 +200,7 @@ def main(argv=None):
     unet.train(); te.train()
     for step in pbar:
         for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, a.steps, a.lr, warmup=min(WARMUP, a.steps // 10))
+            pg["lr"] = lr_at(step, a.steps, a.lr, warmup=min(a.warmup, a.steps // 10))
         idx = torch.randint(0, len(lat), (a.batch,), generator=g)
         x0 = lat[idx].float().to(dev)
         cond = ids[idx].clone()
