@@ -77,27 +77,36 @@ _controlnets: dict[tuple[str, str], ControlNetModel] = {}
 _lock = threading.Lock()
 
 
+def list_controlnets() -> list[str]:
+    """Folder names inside `models/` that hold a ControlNet (a config.json, no model_index.json)."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file()
+                  and not (p / "model_index.json").is_file())
+
+
 def load_controlnet(model, name: str = EMBEDDED_CONTROLNET, allow_any_path: bool = False) -> ControlNetModel:
     """A ControlNet for the loaded model, loaded once: a folder in models/, a Hub id, or (command
     line only) a local folder. Without the embedded one, a random-weight stand-in is made."""
     name = (name or EMBEDDED_CONTROLNET).strip()
-    key = (name, str(id(model.pipe.unet)))
+    if name in list_controlnets():  # a name is a path only when it is one of our own folders
+        source = str(MODELS_DIR / name)
+    elif name == EMBEDDED_CONTROLNET:
+        source = None  # not shipped in this checkout: a random-weight stand-in made from the UNet
+    elif allow_any_path and Path(name).is_dir():
+        source = name
+    elif HUB_ID.match(name):
+        source = name
+    else:
+        raise ModelLoadError(f"{name!r} is neither a ControlNet folder in models/ nor a Hub id.")
+    key = (source or name, str(id(model.pipe.unet)))
     with _lock:
         if key in _controlnets:
             return _controlnets[key]
-        folder = MODELS_DIR / name
-        if name == EMBEDDED_CONTROLNET and not (folder / "config.json").is_file():
+        if source is None:
             controlnet = ControlNetModel.from_unet(model.pipe.unet, conditioning_embedding_out_channels=(16, 32, 64)[
-                : len(model.pipe.vae.config.block_out_channels)])  # stand-in until the embedded one is shipped
+                : len(model.pipe.vae.config.block_out_channels)])
         else:
-            if (folder / "config.json").is_file():
-                source = str(folder)
-            elif allow_any_path and Path(name).is_dir():
-                source = name
-            elif HUB_ID.match(name):
-                source = name
-            else:
-                raise ModelLoadError(f"{name!r} is neither a ControlNet folder in models/ nor a Hub id.")
             try:
                 controlnet = ControlNetModel.from_pretrained(source, torch_dtype=model.dtype, use_safetensors=True)
             except (OSError, ValueError) as error:

@@ -190,7 +190,7 @@ def load_taesd(source: str, device: str, dtype: torch.dtype, allow_any_path: boo
     taesdxl for SDXL)."""
     from diffusers import AutoencoderTiny
 
-    if (MODELS_DIR / source).is_dir():
+    if MODELS_DIR.is_dir() and source in {p.name for p in MODELS_DIR.iterdir() if p.is_dir()}:
         source = str(MODELS_DIR / source)
     elif not (allow_any_path and Path(source).is_dir()) and not HUB_ID.match(source):
         raise ModelLoadError(f"{source!r} is neither a folder in models/ nor a Hugging Face Hub id.")

@@ -6,9 +6,10 @@ from diffusers import ControlNetModel
 import pytest
 from PIL import Image
 
-from pipelines.controlnet import controlnet_stream, load_controlnet, preprocess
+from pipelines.controlnet import EMBEDDED_CONTROLNET, controlnet_stream, load_controlnet, preprocess
 from pipelines.generation import GenerationError, GenerationRequest, GenerationResult
 from pipelines.inpaint import inpaint_stream
+from pipelines.loading import MODELS_DIR, ModelLoadError
 from pipelines.inputs import prepare_mask, prepare_picture, to_rgb
 
 
@@ -78,9 +79,9 @@ def test_bad_masks_and_missing_pictures_give_clear_messages(tiny_model):
         last(inpaint_stream(tiny_model, GenerationRequest(prompt="x", steps=2), None, square_mask()))
     mask, notes = prepare_mask(square_mask((128, 128), (32, 32, 96, 96)), (64, 64), (64, 64))
     assert mask.size == (64, 64) and notes  # same shape, other resolution: scaled and said
+    controlnet = ControlNetModel.from_unet(tiny_model.pipe.unet, conditioning_embedding_out_channels=(16, 32, 64))
     with pytest.raises(GenerationError, match="No control picture"):
-        last(controlnet_stream(tiny_model, GenerationRequest(prompt="x", steps=2), [None],
-                               [load_controlnet(tiny_model)], [1.0]))
+        last(controlnet_stream(tiny_model, GenerationRequest(prompt="x", steps=2), [None], [controlnet], [1.0]))
 
 
 def test_offline_preprocessors_and_a_clear_message_for_the_ones_that_need_weights(monkeypatch):
@@ -95,16 +96,23 @@ def test_offline_preprocessors_and_a_clear_message_for_the_ones_that_need_weight
         preprocess("depth (MiDaS)", picture)
 
 
-def test_controlnet_changes_the_picture_and_adds_only_its_own_weights(tiny_model):
+def test_controlnet_changes_the_picture_and_adds_only_its_own_weights(tiny_model, tmp_path):
     picture = Image.new("RGB", (64, 64), "white")
     picture.paste((0, 0, 0), (16, 16, 48, 48))
     control = preprocess("canny", picture)
-    assert load_controlnet(tiny_model) is load_controlnet(tiny_model)  # loaded once
     # a fresh ControlNet's zero convolutions ignore the control; give them weights to see its effect
     controlnet = ControlNetModel.from_unet(tiny_model.pipe.unet, conditioning_embedding_out_channels=(16, 32, 64))
     torch.manual_seed(0)
     for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
         torch.nn.init.normal_(block.weight, std=0.5)
+    controlnet.save_pretrained(tmp_path / "cn")  # a local folder (command-line use) is loaded once
+    loaded = load_controlnet(tiny_model, str(tmp_path / "cn"), allow_any_path=True)
+    assert loaded is load_controlnet(tiny_model, str(tmp_path / "cn"), allow_any_path=True)
+    with pytest.raises(ModelLoadError, match="neither a ControlNet folder"):
+        load_controlnet(tiny_model, str(tmp_path / "cn"))  # from the browser a path is never a path
+    if (MODELS_DIR / EMBEDDED_CONTROLNET / "config.json").is_file():
+        with pytest.raises(ModelLoadError, match="made for another base model"):
+            load_controlnet(tiny_model)  # the embedded one is for denoise-tiny, not this model
     request = dict(prompt="x", steps=4, seed=3)
     with_control = last(controlnet_stream(tiny_model, GenerationRequest(**request), [control], [controlnet], [2.0]))
     without = last(controlnet_stream(tiny_model, GenerationRequest(**request), [control], [controlnet], [0.0]))

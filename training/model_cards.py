@@ -18,12 +18,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval", default="runs/eval.json")
     ap.add_argument("--models", default="models")
-    ap.add_argument("--unet-steps", type=int, default=None)
     a = ap.parse_args(argv)
     R = json.load(open(a.eval))["results"]
     h, t = R["heldout"], R.get("train_dist", {})
-    vae = json.load(open("runs/vae/metrics.json")) if os.path.exists("runs/vae/metrics.json") else {}
-    unet_steps = a.unet_steps or (open("runs/unet/DONE").read().strip() if os.path.exists("runs/unet/DONE") else "?")
+    vae = json.load(open(os.path.join(a.models, "denoise-tiny", "vae", "config.json")))
     held = ", ".join(f"{c} {s} on {b}" for s, c, b in HOLDOUT)
     rows = "\n".join(f"| {k.replace('_', ' ')} | {fmt(h.get(k))} | {fmt(t.get(k))} | {bar} |" for k, bar in
                      [("background", "≥ 98 %"), ("shape_color", "≥ 95 %"), ("shape_kind", "≥ 95 %"),
@@ -49,9 +47,9 @@ img = pipe("a small red star on the left on a white background",
            num_inference_steps=25, guidance_scale=5.0).images[0]   # 64x64
 ```
 
-* **VAE**: AutoencoderKL 32/64/128 ch, 4 latent channels, 4x16x16 latents, scaling_factor {vae.get('scaling_factor', float('nan')):.4f}; {vae.get('steps', '?')} steps.
+* **VAE**: AutoencoderKL 32/64/128 ch, 4 latent channels, 4x16x16 latents, scaling_factor {vae['scaling_factor']:.4f} (1 / std of the training latents); trained on the posterior mean with L1 + L2 loss.
 * **Text encoder**: CLIPTextModel, 3 layers, width 128; tokenizer: CLIP BPE learned on the grammar (every grammar word is one token, max length 32).
-* **UNet**: UNet2DConditionModel 32/64/128 channels, cross-attention at every level; {unet_steps} steps of batch 64 (AdamW 1e-3) on 40k pre-encoded pictures, v-prediction, zero-terminal-SNR betas, 10 % caption dropout.
+* **UNet**: UNet2DConditionModel 32/64/128 channels, cross-attention at every level; trained jointly with the text encoder on 40k pre-encoded pictures, batch 64, v-prediction, zero-terminal-SNR betas, 10 % caption dropout, in two phases: a first CPU run from scratch (AdamW 1e-3, at most 3500 steps; that early run's exact step count was not kept) and 2500 more steps at 5e-4 (`train_unet.py --init`). `training/run_all.py` replays both phases.
 * **Scheduler**: DDIMScheduler, `rescale_betas_zero_snr=True`, `prediction_type="v_prediction"`, `timestep_spacing="trailing"`. Recommended 25 steps, guidance 5.
 * Training code: `training/` (`python -m training.run_all`).
 
@@ -87,7 +85,8 @@ tags: [controlnet, canny, tiny]
 Canny-edge ControlNet for `models/denoise-tiny`, created with
 `ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))`
 and trained (UNet, VAE and text encoder frozen) on the same procedural shapes
-pictures and their edge maps.
+pictures and their edge maps: 400 steps (batch 32) on the first-phase base,
+then 600 more on the shipped base (`train_controlnet.py --init`).
 
 **Edge maps**: controlnet-aux `CannyDetector` with **low_threshold={CANNY_LOW},
 high_threshold={CANNY_HIGH}**, `detect_resolution=64, image_resolution=64`

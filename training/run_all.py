@@ -3,13 +3,22 @@
     python -m training.run_all [--device cuda] [--threads 2]
 
 Each stage skips itself when finished and resumes from its latest checkpoint
-under runs/ otherwise.  Stages: VAE -> UNet + text encoder (exports
-models/denoise-tiny) -> canny ControlNet -> outline LoRA -> evaluation ->
-docs/sample_grid.png.
+under runs/ otherwise.  Stages, in the order the shipped files were made:
+
+  1. VAE
+  2. UNet + text encoder from scratch (3500 steps, lr 1e-3)      -> runs/unet/pipeline
+  3. canny ControlNet on that base (400 steps)                    -> runs/controlnet/model
+  4. UNet + text encoder continued (2500 steps, lr 5e-4)          -> models/denoise-tiny
+  5. ControlNet continued on the final base (600 steps)           -> models/denoise-tiny-controlnet-canny
+  6. outline LoRA on the final base                               -> models/loras
+  7. evaluation of the shipped folders, docs/sample_grid.png, model cards
+
+(The first-phase runs were made in an earlier, shorter working session; phases 4
+and 5 continue them rather than starting over.)
 """
 import argparse
 
-from training import evaluate, sample_grid, train_controlnet, train_lora, train_unet, train_vae
+from training import evaluate, model_cards, sample_grid, train_controlnet, train_lora, train_unet, train_vae
 
 
 def main(argv=None):
@@ -21,13 +30,19 @@ def main(argv=None):
     a = ap.parse_args(argv)
     common = ["--device", a.device, "--threads", str(a.threads)]
     vae = train_vae.main(["--out", "runs/vae"] + common)
-    train_unet.main(["--out", "runs/unet", "--vae", vae, "--pipeline-out", "models/denoise-tiny"] + common)
-    train_controlnet.main(["--base", "models/denoise-tiny", "--out", "runs/controlnet",
+    first = train_unet.main(["--out", "runs/unet", "--vae", vae, "--steps", "3500", "--lr", "1e-3",
+                             "--pipeline-out", "runs/unet/pipeline"] + common)
+    first_cn = train_controlnet.main(["--base", first, "--out", "runs/controlnet", "--steps", "400",
+                                      "--controlnet-out", "runs/controlnet/model"] + common)
+    base = train_unet.main(["--init", first, "--out", "runs/unet-b", "--vae", vae, "--steps", "2500",
+                            "--lr", "5e-4", "--warmup", "100", "--pipeline-out", "models/denoise-tiny"] + common)
+    train_controlnet.main(["--init", first_cn, "--base", base, "--out", "runs/controlnet-b", "--steps", "600",
                            "--controlnet-out", "models/denoise-tiny-controlnet-canny"] + common)
-    train_lora.main(["--base", "models/denoise-tiny", "--out", "runs/lora", "--lora-out", "models/loras"] + common)
+    train_lora.main(["--base", base, "--out", "runs/lora", "--lora-out", "models/loras"] + common)
     if not a.skip_eval:
         evaluate.main(["--models", "models", "--out", "runs/eval.json", "--threads", str(a.threads)])
         sample_grid.main(["--models", "models", "--out", "docs/sample_grid.png", "--threads", str(a.threads)])
+        model_cards.main(["--eval", "runs/eval.json", "--models", "models"])
 
 
 if __name__ == "__main__":

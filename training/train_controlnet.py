@@ -77,6 +77,8 @@ def main(argv=None):
     ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None,
+                    help="start from an exported ControlNet folder (e.g. one trained for an earlier base)")
     a = ap.parse_args(argv)
     dev = setup(a.device, a.threads, SEED)
     os.makedirs(a.out, exist_ok=True)
@@ -89,6 +91,9 @@ def main(argv=None):
     unet, te = pipe.unet.eval().requires_grad_(False), pipe.text_encoder.eval().requires_grad_(False)
     pipe.vae.requires_grad_(False)
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=COND_CHANNELS).to(dev)
+    if a.init and not ck:
+        cn.load_state_dict(ControlNetModel.from_pretrained(a.init).state_dict())
+        print("initialised from", a.init)
     opt = torch.optim.AdamW(cn.parameters(), lr=a.lr, weight_decay=0.0)
     step = 0
     if ck:

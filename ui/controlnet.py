@@ -6,10 +6,10 @@ import gradio as gr
 from PIL import Image
 
 from pipelines.controlnet import (CANNY_DEFAULT, EMBEDDED_CONTROLNET, HUB_PREPROCESSORS, controlnet_stream,
-                                  load_controlnet, preprocess, preprocessor_names)
+                                  list_controlnets, load_controlnet, preprocess,
+                                  preprocessor_names)
 from pipelines.generation import GenerationRequest
 from pipelines.inputs import prepare_picture
-from pipelines.loading import list_local_models, MODELS_DIR
 from ui.controls import GenerationControls, user_error
 from ui.lora_panel import LoraPanel
 from ui.runner import MODEL_GROUP, api_stream, result_image, to_viewer, wire_stop
@@ -19,8 +19,7 @@ TAB = "controlnet"
 
 
 def controlnet_choices() -> list[str]:
-    found = [p.parent.name for p in MODELS_DIR.glob("*/config.json") if p.parent.name not in list_local_models()]
-    return sorted(set(found) | {EMBEDDED_CONTROLNET})
+    return sorted(set(list_controlnets()) | {EMBEDDED_CONTROLNET})
 
 
 def make_control(model, picture, preprocessor, low, high, target_side=None) -> tuple[Image.Image, list[str]]:
