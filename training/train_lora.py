@@ -2,8 +2,8 @@
 
 Styled pictures come from the same generator (render(spec, outline=True)) with
 captions that start with the trigger word: "an outlined red circle ...".
-LoRA (PEFT) on the UNet attention (to_q/to_k/to_v/to_out.0) and the text
-encoder attention (q/k/v/out_proj) so the trigger word's embedding is used.
+LoRA (PEFT) on the UNet attention (to_q/to_k/to_v/to_out.0) and ResNet
+convolutions (conv1/conv2), and on the text encoder attention (q/k/v/out_proj) so the trigger word's embedding is used.
 
     python -m training.train_lora --base models/denoise-tiny --lora-out models/loras
 """
@@ -26,7 +26,10 @@ BASE = "models/denoise-tiny"
 OUT = "runs/lora"
 LORA_OUT = "models/loras"
 WEIGHT_NAME = "outline-style.safetensors"
-STEPS = 200
+STEPS = 1200
+# attention alone barely draws outlines on 16x16 latents (a 500-step attention-only run added 0.8 %
+# dark pixels): outlines are a local texture, so the LoRA also adapts the ResNet convolutions
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]
 BATCH = 32
 LR = 2e-3
 RANK = 8
@@ -62,7 +65,7 @@ def main(argv=None):
     for m in (unet, te, pipe.vae):
         m.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+                                target_modules=UNET_TARGETS))
     te.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
                               target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
     params = [p for m in (unet, te) for p in m.parameters() if p.requires_grad]
@@ -119,7 +122,7 @@ def main(argv=None):
     meta = {"trigger_words": [STYLE_WORD], "base_model": "denoise-tiny",
             "description": "Thick black outlines around every shape (white outline on black shapes). "
                            f"Start the prompt with '{STYLE_WORD}', e.g. 'an {STYLE_WORD} red circle on a white background'.",
-            "rank": a.rank, "steps": a.steps, "recommended_weight": 1.0}
+            "rank": a.rank, "steps": a.steps, "unet_targets": UNET_TARGETS, "recommended_weight": 1.0}
     json.dump(meta, open(os.path.join(a.lora_out, WEIGHT_NAME.replace(".safetensors", ".json")), "w"), indent=2)
     open(os.path.join(a.out, "DONE"), "w").write(str(a.steps))
     print("saved", os.path.join(a.lora_out, WEIGHT_NAME))
