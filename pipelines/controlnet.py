@@ -19,7 +19,7 @@ from pipelines.inputs import prepare_picture
 from pipelines.loading import HUB_ID, MODELS_DIR, ModelLoadError
 
 EMBEDDED_CONTROLNET = "denoise-tiny-controlnet-canny"
-CANNY_DEFAULT = (100, 200)  # low/high thresholds; the embedded ControlNet's model card gives its own
+CANNY_DEFAULT = (50, 100)  # low/high thresholds: those the embedded ControlNet was trained with (its model card)
 
 # name -> controlnet_aux class; these need no downloaded weights
 OFFLINE_PREPROCESSORS = {"canny": "CannyDetector", "shuffle": "ContentShuffleDetector",
