@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
-from pipelines.generation import WORKERS, GenerationRequest, run  # noqa: E402
+from pipelines.generation import GenerationRequest, run  # noqa: E402
+from pipelines.worker import WORKERS  # noqa: E402
 from pipelines.loading import ModelManager  # noqa: E402
 from pipelines.previews import LINEAR_DECODERS  # noqa: E402
 from pipelines.schedulers import make_scheduler  # noqa: E402

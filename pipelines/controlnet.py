@@ -17,6 +17,7 @@ from PIL import Image
 from pipelines.generation import GenerationError, GenerationRequest, GenerationResult, StepEvent, stream
 from pipelines.inputs import prepare_picture
 from pipelines.loading import HUB_ID, MODELS_DIR, ModelLoadError
+from pipelines.worker import on_worker
 
 EMBEDDED_CONTROLNET = "denoise-tiny-controlnet-canny"
 CANNY_DEFAULT = (50, 100)  # low/high thresholds: those the embedded ControlNet was trained with (its model card)
@@ -88,6 +89,10 @@ def list_controlnets() -> list[str]:
 def load_controlnet(model, name: str = EMBEDDED_CONTROLNET, allow_any_path: bool = False) -> ControlNetModel:
     """A ControlNet for the loaded model, loaded once: a folder in models/, a Hub id, or (command
     line only) a local folder. Without the embedded one, a random-weight stand-in is made."""
+    return on_worker(_load_controlnet, model, name, allow_any_path)  # torch work: on the torch thread
+
+
+def _load_controlnet(model, name: str, allow_any_path: bool) -> ControlNetModel:
     name = (name or EMBEDDED_CONTROLNET).strip()
     if name in list_controlnets():  # a name is a path only when it is one of our own folders
         source = str(MODELS_DIR / name)

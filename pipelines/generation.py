@@ -12,7 +12,6 @@ own scheduler instance, its own CPU generator and its own cancel flag.
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 import queue
 import secrets
 import threading
@@ -27,18 +26,16 @@ from PIL import Image
 from pipelines.noise_math import model_view, noise_level, view_coefficients
 from pipelines.previews import LINEAR_DECODERS, FullVaeDecoder, TinyVaeDecoder
 from pipelines.schedulers import DEFAULT_SCHEDULER, describe, make_scheduler
+from pipelines.worker import WORKERS
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
 MAX_SIDE = 2048
 
 
-# Every pipeline call runs on this one long-lived thread. torch's OpenMP thread team belongs to the
-# calling thread: a thread per request (or torch work in the consumer thread too) makes several
-# teams spin against each other on a few cores, which measured 3-80x slower here. Model runs are
-# serialised anyway (Gradio's "model" concurrency group); previews are decoded on this thread
-# between steps, and the consumer only forwards events.
-WORKERS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoise-generation")
+# Every pipeline call runs on the one torch thread (pipelines/worker.py); previews are decoded on it
+# between steps, and the consumer only forwards events. Model runs are serialised anyway (Gradio's
+# "model" concurrency group).
 
 
 class GenerationError(Exception):

@@ -24,6 +24,7 @@ import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
 from pipelines.tiny import STAND_IN_NAME, tiny_pipeline
+from pipelines.worker import on_worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
@@ -220,6 +221,9 @@ class ModelManager:
         self._lock = threading.Lock()
 
     def get(self, name: str | None = None, progress: Callable[[float, str], None] | None = None) -> LoadedModel:
+        return on_worker(self._get, name, progress)  # loading is torch work too: keep it on one thread
+
+    def _get(self, name: str | None, progress: Callable[[float, str], None] | None) -> LoadedModel:
         name = (name or self.default).strip()
         with self._lock:
             if name in self._models:

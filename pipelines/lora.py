@@ -25,6 +25,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from pipelines.loading import HUB_ID, MODELS_DIR
+from pipelines.worker import on_worker
 
 LORA_DIR = MODELS_DIR / "loras"
 MAX_LORA_BYTES = 512 * 2**20
@@ -192,6 +193,9 @@ class LoraSet:
 
     def load(self, name_or_path: str, allow_path: bool = False) -> LoraInfo:
         """Check and load a LoRA (once); returns its info. Loaded adapters are found by name."""
+        return on_worker(self._load, name_or_path, allow_path)  # torch work: on the torch thread
+
+    def _load(self, name_or_path: str, allow_path: bool) -> LoraInfo:
         with self._changed:
             if name_or_path in self.loaded:
                 return self.loaded[name_or_path]
