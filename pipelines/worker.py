@@ -1,11 +1,10 @@
 """The one thread that runs torch work: model loading, LoRA/ControlNet loading and generation.
 
-torch's OpenMP thread team belongs to the calling thread. A second thread doing torch work (a
-thread per request, or loading the model on the main thread and generating on another) leaves
-two teams competing for a few cores: measured 3-80x slower steps here, and 0.8 s -> 2.4 s per
-25-step image just from loading the model on the main thread. So every torch call goes through
-`on_worker`, which runs it on this single long-lived thread.
-"""
+torch's OpenMP thread team belongs to the calling thread. Torch work on a second thread (a thread
+per request, or generating on the main thread and on another) leaves two teams competing for a few
+cores: measured 3-80x slower steps with a thread per request, and 0.8 s -> 2.4 s per 25-step image
+after one generation on the main thread. So every torch call goes through `on_worker`, which runs
+it on this single long-lived thread."""
 
 from __future__ import annotations
 

@@ -121,3 +121,30 @@ def test_loras_through_the_api_apply_per_request_only(app_server, folder_lora):
         assert np.array_equal(np.asarray(Image.open(job.result()[0])), expected)
     with pytest.raises(Exception, match="neither a LoRA"):
         one.predict(**args, loras=[["../../secret", 1.0]])
+
+
+def dark_fraction(path) -> float:
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).astype(int)
+    return float((np.abs(pixels - (20, 20, 20)).sum(1) < 120).mean())
+
+
+def test_embedded_style_lora_through_the_api(client):
+    """The shipped outline LoRA from the LoRA folder: nothing at weight 0, outlines at weight 1."""
+    args = dict(prompt="an outlined large green circle on an orange background", steps=20, seed=2,
+                api_name="/txt2img")
+    plain, _ = client.predict(**args)
+    at_zero, _ = client.predict(**args, loras=[["outline-style", 0.0]])
+    at_one, settings = client.predict(**args, loras=[["outline-style", 1.0]])
+    assert np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(at_zero)))
+    assert dark_fraction(at_one) > dark_fraction(plain) + 0.03
+    assert settings["loras"] == [{"name": "outline-style", "weight": 1.0, "layout": "diffusers/PEFT"}]
+
+
+def test_controlnet_model_paths_from_the_browser_are_refused(client, tmp_path):
+    from pipelines.controlnet import EMBEDDED_CONTROLNET
+    from pipelines.loading import MODELS_DIR
+
+    control = save(Image.new("RGB", (64, 64), "white"), tmp_path / "c.png")
+    with pytest.raises(Exception, match="neither a ControlNet folder"):  # even a path to our own folder
+        client.predict(prompt="x", control_image=control, steps=2, preprocessor="canny",
+                       controlnet_model=str(MODELS_DIR / EMBEDDED_CONTROLNET), api_name="/controlnet")
