@@ -1,7 +1,9 @@
 """What watching the steps costs: app generation with previews vs a bare `pipe()` call.
 
 Prints ratios measured in this one run (runs interleaved, medians), so a noisy machine affects
-both sides alike:
+both sides alike. It also times bare `pipe()` before the app's path has ever run in this process:
+work the app leaves behind (a second OpenMP team, say) would make every later run slower, and the
+interleaved ratios alone would hide that.
     python bench/preview_overhead.py [--model denoise-tiny] [--steps 25] [--repeats 7]
 """
 
@@ -58,6 +60,12 @@ def main():
 
     cases = {"bare pipe()": bare, "app, linear previews every step": app_linear,
              "app, full-VAE previews every step": app_full}
+    bare()  # warm-up
+    fresh = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        bare()
+        fresh.append(time.perf_counter() - start)
     for fn in cases.values():  # warm-up (also fits the linear decoder once)
         fn()
     times = {name: [] for name in cases}
@@ -72,6 +80,9 @@ def main():
           f"{model.default_size}px, {torch.get_num_threads()} threads, median of {args.repeats}")
     for name, values in times.items():
         print(f"  {name:36s} {statistics.median(values) * 1000:8.1f} ms   ratio {statistics.median(values) / base:.3f}")
+    before = statistics.median(fresh)
+    print(f"  bare pipe() before the app ever ran  {before * 1000:8.1f} ms   "
+          f"after / before {base / before:.3f} (1.0: the app leaves nothing behind that slows later runs)")
 
     decoder = LINEAR_DECODERS.get(model.pipe.vae)
     latents = torch.randn(3, 4, model.default_size // model.vae_scale_factor, model.default_size // model.vae_scale_factor)

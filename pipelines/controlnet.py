@@ -68,7 +68,8 @@ def preprocess(name: str, picture: Image.Image, low_threshold: int = CANNY_DEFAU
                 raise GenerationError(f"The {name} preprocessor needs annotator weights from the Hugging Face Hub "
                                       f"({ANNOTATORS_REPO}), which could not be loaded ({type(error).__name__}). "
                                       f"Offline, use one of: {', '.join(OFFLINE_PREPROCESSORS)}.") from None
-        out = _hub_detectors[name](picture, detect_resolution=side, image_resolution=side)
+        # these annotators are torch models: torch work belongs on the torch thread
+        out = on_worker(_hub_detectors[name], picture, detect_resolution=side, image_resolution=side)
     else:
         raise GenerationError(f"Unknown preprocessor {name!r}. Choose one of: {', '.join(preprocessor_names())}.")
     return out.convert("RGB").resize(picture.size, Image.NEAREST)

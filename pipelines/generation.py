@@ -26,16 +26,17 @@ from PIL import Image
 from pipelines.noise_math import model_view, noise_level, view_coefficients
 from pipelines.previews import LINEAR_DECODERS, FullVaeDecoder, TinyVaeDecoder
 from pipelines.schedulers import DEFAULT_SCHEDULER, describe, make_scheduler
-from pipelines.worker import WORKERS
+from pipelines.worker import WORKERS, on_worker
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
 MAX_SIDE = 2048
 
 
-# Every pipeline call runs on the one torch thread (pipelines/worker.py); previews are decoded on it
-# between steps, and the consumer only forwards events. Model runs are serialised anyway (Gradio's
-# "model" concurrency group).
+# Every torch call runs on the one torch thread (pipelines/worker.py): building the request's pipeline
+# and preview decoder (fitting the linear decoder runs the VAE), the pipeline call, previews between
+# steps and the final decode of a stopped run; the consumer only forwards events. Torch work on the
+# consumer's thread starts a second OpenMP team, which slowed every later generation about 2x.
 
 
 class GenerationError(Exception):
@@ -180,12 +181,17 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
     request, notes = check_request(model, request)
     loras = [(model.loras.load(name).name, float(weight)) for name, weight in request.loras or []]
     cancel = cancel or threading.Event()
-    shared = model.derive(pipeline_class, **(extra_components or {}))
-    scheduler = make_scheduler(request.scheduler, model.pipe.scheduler)
-    pipe = pipeline_class.from_pipe(shared, scheduler=scheduler)  # own object: own flags, own scheduler
-    pipe.set_progress_bar_config(disable=True)
+
+    def prepare():
+        shared = model.derive(pipeline_class, **(extra_components or {}))
+        scheduler = make_scheduler(request.scheduler, model.pipe.scheduler)
+        pipe = pipeline_class.from_pipe(shared, scheduler=scheduler)  # own object: own flags, own scheduler
+        pipe.set_progress_bar_config(disable=True)
+        decode = preview_decoder(model, request.preview_decoder) if request.preview_every else None
+        return scheduler, pipe, decode
+
+    scheduler, pipe, decode = on_worker(prepare)
     tap = StepTap(scheduler)
-    decode = preview_decoder(model, request.preview_decoder) if request.preview_every else None
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     events: queue.Queue = queue.Queue()
     done = object()
@@ -244,8 +250,12 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
     if interrupted and tap.last is not None:
         notes.append(f"stopped after step {len(steps)} of {total[0]}: the picture is the model's guess x̂0 at that point")
         model_output, sample, level, _ = tap.last
-        _, x0, _ = model_view(model_output[:1], sample[:1], level, prediction_type)
-        image = Image.fromarray(FullVaeDecoder(model.pipe.vae)(x0)[0])
+
+        def decode_guess():
+            _, x0, _ = model_view(model_output[:1], sample[:1], level, prediction_type)
+            return Image.fromarray(FullVaeDecoder(model.pipe.vae)(x0)[0])
+
+        image = on_worker(decode_guess)
     scheduler_name = describe(scheduler)
     if request.scheduler == DEFAULT_SCHEDULER:
         scheduler_name = f"{DEFAULT_SCHEDULER} ({scheduler_name})"

@@ -112,3 +112,23 @@ def test_x0_preview_of_the_last_step_is_the_final_picture(tiny_model):
     items = list(stream(tiny_model, SD, GenerationRequest(prompt="x", steps=5, seed=9, preview_decoder="full VAE")))
     last, result = items[-2], items[-1]
     assert np.abs(last.pictures["x0"].astype(int) - pixels(result.image)).mean() < 3
+
+
+def test_all_torch_work_of_a_request_runs_on_the_torch_thread(tiny_model, monkeypatch):
+    """Fitting the linear preview decoder runs the VAE; done on the caller's thread it started a
+    second OpenMP team that made every later generation in the process ~2x slower."""
+    from pipelines.previews import LINEAR_DECODERS, LinearDecoder
+    from pipelines.worker import WORKERS
+
+    torch_thread = WORKERS.submit(threading.current_thread).result()
+    fit_threads, fit = [], LinearDecoder.fit.__func__
+
+    def recording_fit(cls, vae, **kwargs):
+        fit_threads.append(threading.current_thread())
+        return fit(cls, vae, **kwargs)
+
+    monkeypatch.setattr(LinearDecoder, "fit", classmethod(recording_fit))
+    monkeypatch.setattr(LINEAR_DECODERS, "_fitted", {})
+    result = run(tiny_model, SD, GenerationRequest(prompt="a red circle", steps=3, seed=2,
+                                                   preview_decoder="linear approximation"))
+    assert fit_threads == [torch_thread] and result.steps[-1].pictures["x0"].shape == (64, 64, 3)
