@@ -68,6 +68,14 @@ def test_dataset_deterministic_and_holdout_excluded():
     assert c == "a small red circle on the left and a blue star on a white background"
 
 
+def test_chunked_dataset_does_not_depend_on_the_number_of_workers():
+    one = make_dataset(300, seed=7, chunk=128)
+    two = make_dataset(300, seed=7, chunk=128, workers=2)
+    assert np.array_equal(one[0], two[0]) and one[1] == two[1] and len(one[1]) == 300
+    stream = make_dataset(300, seed=7)  # one random stream: its start is the first chunk
+    assert np.array_equal(stream[0][:128], one[0][:128]) and not np.array_equal(stream[0][128:], one[0][128:])
+
+
 def test_render_ground_truth_matches_pixels():
     rng = random.Random(4)
     for _ in range(20):

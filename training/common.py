@@ -12,6 +12,9 @@ def setup(device="cpu", threads=2, seed=0):
     torch.manual_seed(seed)
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return torch.device(device)
 
 

@@ -199,21 +199,40 @@ def render(spec, outline=False, size=IMAGE_SIZE):
 
 
 # ----------------------------------------------------------------------------- datasets
-def make_dataset(n, seed, holdout=False, outline=False, progress=False, **kw):
-    """Returns (uint8 np.ndarray [n,64,64,3], captions list, specs list)."""
+def _render_chunk(args):
+    seed, n, holdout, outline, kw = args
     rng = random.Random(seed)
     imgs = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     caps, specs = [], []
-    it = range(n)
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc=f"render {n}", mininterval=5)
-    for i in it:
+    for i in range(n):
         spec = sample_spec(rng, holdout=holdout, **kw)
         imgs[i] = np.asarray(render(spec, outline=outline))
         caps.append(caption(spec, style=STYLE_WORD if outline else None))
         specs.append(spec)
     return imgs, caps, specs
+
+
+def make_dataset(n, seed, holdout=False, outline=False, progress=False, chunk=0, workers=1, **kw):
+    """Returns (uint8 np.ndarray [n,64,64,3], captions list, specs list).
+
+    chunk=0: one random stream seeded by `seed` (how the earlier datasets were made). chunk=K:
+    chunks of K pictures, chunk k seeded by (seed, k), rendered by `workers` processes; the
+    result does not depend on the number of workers."""
+    chunk = chunk or max(n, 1)
+    jobs = [(seed if k == 0 else f"{seed}/{k}", min(chunk, n - k * chunk), holdout, outline, kw)
+            for k in range((n + chunk - 1) // chunk)]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, jobs)
+    else:
+        parts = [_render_chunk(job) for job in jobs]
+    if progress:
+        print(f"rendered {n} pictures", flush=True)
+    if not parts:
+        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), [], []
+    return (np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]],
+            [s for p in parts for s in p[2]])
 
 
 def to_tensor(imgs_uint8):
