@@ -55,7 +55,7 @@ img = pipe("a small red star on the left on a white background",
 
 * **VAE**: AutoencoderKL 32/64/128 ch, 4 latent channels, 4x16x16 latents, scaling_factor {vae['scaling_factor']:.4f} (1 / std of the training latents); trained on the posterior mean with L1 + L2 loss.
 * **Text encoder**: CLIPTextModel, 3 layers, width 128; tokenizer: CLIP BPE learned on the grammar (every grammar word is one token, max length 32).
-* **UNet**: UNet2DConditionModel 32/64/128 channels, cross-attention at every level; trained jointly with the text encoder on 40k pre-encoded pictures, batch 64, v-prediction, zero-terminal-SNR betas, 10 % caption dropout, in two phases: a first CPU run from scratch (AdamW 1e-3, at most 3500 steps; that early run's exact step count was not kept) and 2500 more steps at 5e-4 (`train_unet.py --init`). `training/run_all.py` replays both phases.
+* **UNet**: UNet2DConditionModel 32/64/128 channels, cross-attention at every level; trained jointly with the text encoder on pre-encoded pictures, batch 64, v-prediction, zero-terminal-SNR betas, 10 % caption dropout, in three CPU phases: from scratch on 40k pictures (AdamW 1e-3, at most 3500 steps; that early run's exact step count was not kept), 2500 more steps at 5e-4 on the same pictures, and 4000 more at 4e-4 on 60k pictures (`train_unet.py --init`); about 10,000 steps, 640k samples in all. `training/run_all.py` replays the phases.
 * **Scheduler**: DDIMScheduler, `rescale_betas_zero_snr=True`, `prediction_type="v_prediction"`, `timestep_spacing="trailing"`. Recommended 25 steps, guidance 5.
 * Training code: `training/` (`python -m training.run_all`).
 
@@ -75,12 +75,12 @@ combinations never seen in training ({held}).
 ## Limits
 
 Only the grammar above; anything else decomposes into character tokens the
-model has never learned. 64x64 only. Trained for a short CPU budget (no GPU was
-available), and it shows: background and shape colours are reliable, but shapes
-mostly come out as rounded blobs (the kind is right in under a third of pictures),
-position words are obeyed only part of the time, small shapes sometimes vanish.
+model has never learned. 64x64 only. Trained on a CPU budget, and it shows: the
+background colour is reliable and the shape colour mostly right, but shapes often
+come out as rounded blobs (the kind is right in {fmt(h['shape_kind'])} of held-out
+pictures), position words are obeyed in {fmt(h['position'])}, small shapes sometimes vanish.
 Continue training with `python -m training.train_unet --init models/denoise-tiny ...`
-(on a GPU this is minutes) to close the gap.
+(`--device cuda` on a GPU) to close the gap.
 """
     open(os.path.join(a.models, "denoise-tiny", "README.md"), "w").write(base)
 
@@ -97,7 +97,8 @@ Canny-edge ControlNet for `models/denoise-tiny`, created with
 `ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))`
 and trained (UNet, VAE and text encoder frozen) on the same procedural shapes
 pictures and their edge maps: 400 steps (batch 32) on the first-phase base,
-then 600 more on the shipped base (`train_controlnet.py --init`).
+then 600 more on the second-phase base (`train_controlnet.py --init`); used
+unchanged with the shipped (third-phase) base, on which it is measured below.
 
 **Edge maps**: controlnet-aux `CannyDetector` with **low_threshold={CANNY_LOW},
 high_threshold={CANNY_HIGH}**, `detect_resolution=64, image_resolution=64`
@@ -159,7 +160,8 @@ pipe.set_adapters(["outline"], adapter_weights=[1.0])
 At weight 1.0 the scorer still finds background {fmt(L['score_w1']['background'])},
 shape colour {fmt(L['score_w1']['shape_color'])}.
 
-Limits: only for denoise-tiny; trained briefly on CPU (1200 steps of batch 32). The
+Limits: only for denoise-tiny; trained briefly on CPU (1200 steps of batch 32) on the
+shipped base. The
 outlines are thinner and patchier than the training pictures', and at weight 1 the
 background sometimes gets a halo of the outline colour.
 """
