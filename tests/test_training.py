@@ -129,6 +129,24 @@ def test_tiny_stages_produce_loadable_folders(tiny):
     _check_models(tiny, steps=2)
 
 
+def test_unet_continuation_with_layout_knobs(tiny):
+    """The phases that taught position words: --init from a shipped folder, captions that
+    always carry position and size words, a faster-learning text encoder, high-noise batches."""
+    from training import train_unet
+    from training.data import POSITION_PHRASES
+    out = tiny.parent / "unet-layout"
+    train_unet.main(["--init", str(tiny / "denoise-tiny"), "--out", str(out), "--vae", str(tiny.parent / "vae" / "final"),
+                     "--steps", "2", "--batch", "4", "--n-train", "12", "--channels", "16,16,32", "--text-layers", "1",
+                     "--sample-every", "0", "--threads", "1", "--no-export", "--p-pos", "1", "--p-size", "1",
+                     "--te-lr-mult", "3", "--t-high-frac", "0.5"])
+    data = torch.load(out / "data_12_pos1_size1.pt", weights_only=True)
+    assert all(any(p in c for p in POSITION_PHRASES.values()) and ("small" in c or "large" in c)
+               for c in data["captions"])
+    ck = torch.load(out / "ckpt.pt", weights_only=True)
+    unet_lr, te_lr = (g["lr"] for g in ck["opt"]["param_groups"])
+    assert te_lr == pytest.approx(3 * unet_lr) and unet_lr > 0
+
+
 def test_stage_resume_skips_finished(tiny):
     from training import train_vae
     out = train_vae.main(["--out", str(tiny.parent / "vae"), "--steps", "2"])

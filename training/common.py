@@ -33,7 +33,7 @@ def save_ckpt(path, **state):
 
 def load_ckpt(path):
     if os.path.exists(path):
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     return None
 
 

@@ -35,6 +35,13 @@ LR = 1e-3
 WARMUP = 200
 N_TRAIN = 40000
 CAPTION_DROPOUT = 0.1
+# layout words (position, size) decide the picture at high noise, where x_t says nothing: a share
+# of every batch can be drawn from the noisier half of the schedule, and the text encoder can
+# learn faster than the UNet, so a word the UNet ignores does not stay indistinct
+T_HIGH_FRAC = 0.0       # fraction of the batch with t in [T_HIGH_FROM, 1000)
+T_HIGH_FROM = 500
+TE_LR_MULT = 1.0
+P_POS, P_SIZE = 0.5, 0.5  # chance that a shape in the training captions has a position / size word
 UNET_CHANNELS = (32, 64, 128)
 # levels (0 = 16x16) with cross-attention. The shipped model has it at every level; (1, 2) with
 # channels 48,96,192 costs the same CPU time with twice the parameters (16x16 self-attention is a
@@ -134,11 +141,12 @@ def export_pipeline(unet, text_encoder, vae_dir, out_dir, dtype=torch.float32):
     return out_dir
 
 
-def load_data(out, vae_dir, n, dev, bf16, chunk=0, workers=1):
-    path = os.path.join(out, f"data_{n}.pt")
+def load_data(out, vae_dir, n, dev, bf16, chunk=0, workers=1, p_pos=P_POS, p_size=P_SIZE):
+    tag = "" if (p_pos, p_size) == (P_POS, P_SIZE) else f"_pos{p_pos:g}_size{p_size:g}"
+    path = os.path.join(out, f"data_{n}{tag}.pt")
     if os.path.exists(path):
-        return torch.load(path)
-    imgs, caps, _ = make_dataset(n, SEED, progress=True, chunk=chunk, workers=workers)
+        return torch.load(path, weights_only=True)
+    imgs, caps, _ = make_dataset(n, SEED, progress=True, chunk=chunk, workers=workers, p_pos=p_pos, p_size=p_size)
     vae = AutoencoderKL.from_pretrained(vae_dir).to(dev).eval()
     lat = encode_images(vae, imgs, bf16=bf16)
     tok = build_tokenizer()
@@ -170,6 +178,11 @@ def main(argv=None):
                     help="start from the unet/ and text_encoder/ of an exported pipeline folder "
                          "(continue training a shipped model instead of starting from scratch)")
     ap.add_argument("--warmup", type=int, default=WARMUP)
+    ap.add_argument("--t-high-frac", type=float, default=T_HIGH_FRAC,
+                    help=f"share of each batch drawn from t >= {T_HIGH_FROM} (layout is decided there)")
+    ap.add_argument("--te-lr-mult", type=float, default=TE_LR_MULT, help="text encoder LR / UNet LR")
+    ap.add_argument("--p-pos", type=float, default=P_POS, help="chance of a position word per shape in the data")
+    ap.add_argument("--p-size", type=float, default=P_SIZE, help="chance of a size word per shape in the data")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop early (checkpoint kept, resumable) after this long; the step reached is printed")
     ap.add_argument("--render-chunk", type=int, default=0,
@@ -188,7 +201,9 @@ def main(argv=None):
                      attention=tuple(int(c) for c in a.attention.split(","))).to(dev)
     te = make_text_encoder(tok, layers=a.text_layers).to(dev)
     params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, fused=dev.type == "cuda")
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "mult": 1.0},
+                             {"params": list(te.parameters()), "mult": a.te_lr_mult}],
+                            lr=a.lr, weight_decay=0.01, fused=dev.type == "cuda")
     step = 0
     ck = load_ckpt(os.path.join(a.out, "ckpt.pt"))
     if a.init and not ck:
@@ -196,7 +211,9 @@ def main(argv=None):
         te.load_state_dict(CLIPTextModel.from_pretrained(a.init, subfolder="text_encoder").state_dict())
         print("initialised from", a.init)
     if ck:
-        unet.load_state_dict(ck["unet"]); te.load_state_dict(ck["te"]); opt.load_state_dict(ck["opt"])
+        unet.load_state_dict(ck["unet"]); te.load_state_dict(ck["te"])
+        if len(ck["opt"]["param_groups"]) == len(opt.param_groups):  # older checkpoints: one group
+            opt.load_state_dict(ck["opt"])
         step = ck["step"]
         print("resumed at step", step)
     print(f"unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M  text encoder {sum(p.numel() for p in te.parameters())/1e6:.2f}M")
@@ -206,7 +223,7 @@ def main(argv=None):
             print("exported", a.pipeline_out, "from step", step)
         return a.pipeline_out
 
-    data = load_data(a.out, a.vae, a.n_train, dev, use_bf16, a.render_chunk, a.workers)
+    data = load_data(a.out, a.vae, a.n_train, dev, use_bf16, a.render_chunk, a.workers, a.p_pos, a.p_size)
     # the whole (small) dataset lives on the training device: no copies per step
     lat, ids = data["latents"].to(dev), data["ids"].long().to(dev)
     empty_ids = tokenize(tok, [""])[0].to(dev)
@@ -224,13 +241,16 @@ def main(argv=None):
             print(f"stopped early at step {step} of {a.steps} (--max-minutes {a.max_minutes})", flush=True)
             break
         for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, a.steps, a.lr, warmup=min(a.warmup, a.steps // 10))
+            pg["lr"] = pg["mult"] * lr_at(step, a.steps, a.lr, warmup=min(a.warmup, a.steps // 10))
         idx = torch.randint(0, len(lat), (a.batch,), generator=g, device=dev)
         x0 = lat[idx].float()
         drop = torch.rand(a.batch, generator=g, device=dev) < CAPTION_DROPOUT
         cond = torch.where(drop[:, None], empty_ids[None], ids[idx])
         noise = torch.randn(x0.shape, generator=g, device=dev)
         t = torch.randint(0, 1000, (a.batch,), generator=g, device=dev)
+        n_high = int(round(a.t_high_frac * a.batch))
+        if n_high:
+            t[:n_high] = torch.randint(T_HIGH_FROM, 1000, (n_high,), generator=g, device=dev)
         ab = acp[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
