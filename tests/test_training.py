@@ -136,8 +136,8 @@ def test_unet_continuation_with_layout_knobs(tiny):
     from training.data import POSITION_PHRASES
     out = tiny.parent / "unet-layout"
     train_unet.main(["--init", str(tiny / "denoise-tiny"), "--out", str(out), "--vae", str(tiny.parent / "vae" / "final"),
-                     "--steps", "2", "--batch", "4", "--n-train", "12", "--channels", "16,16,32", "--text-layers", "1",
-                     "--sample-every", "0", "--threads", "1", "--no-export", "--p-pos", "1", "--p-size", "1",
+                     "--steps", "6", "--stop-at", "2", "--batch", "4", "--n-train", "12", "--channels", "16,16,32",
+                     "--text-layers", "1", "--sample-every", "0", "--threads", "1", "--no-export", "--p-pos", "1", "--p-size", "1",
                      "--te-lr-mult", "3", "--t-high-frac", "0.5"])
     data = torch.load(out / "data_12_pos1_size1.pt", weights_only=True)
     assert all(any(p in c for p in POSITION_PHRASES.values()) and ("small" in c or "large" in c)
@@ -145,6 +145,7 @@ def test_unet_continuation_with_layout_knobs(tiny):
     ck = torch.load(out / "ckpt.pt", weights_only=True)
     unet_lr, te_lr = (g["lr"] for g in ck["opt"]["param_groups"])
     assert te_lr == pytest.approx(3 * unet_lr) and unet_lr > 0
+    assert ck["step"] == 2 and (out / "DONE").read_text() == "2"  # --stop-at finishes the stage early
 
 
 def test_stage_resume_skips_finished(tiny):

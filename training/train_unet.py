@@ -185,6 +185,8 @@ def main(argv=None):
     ap.add_argument("--p-size", type=float, default=P_SIZE, help="chance of a size word per shape in the data")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop early (checkpoint kept, resumable) after this long; the step reached is printed")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="finish at this step although the LR schedule runs to --steps (how phase 8 was cut short)")
     ap.add_argument("--render-chunk", type=int, default=0,
                     help="render the dataset in independently seeded chunks of this many pictures "
                          "(0: one random stream, as the first phases did)")
@@ -234,11 +236,18 @@ def main(argv=None):
     unet.train(); te.train()
     clock = Timer()
     ckpt_every = CKPT_EVERY if dev.type == "cpu" else 8 * CKPT_EVERY  # GPU steps are ~100x faster
+    finished_at = a.steps  # None when interrupted by --max-minutes
     for step in pbar:
+        if a.stop_at is not None and step >= a.stop_at:
+            save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
+                      opt=opt.state_dict(), step=step)
+            finished_at = step
+            break
         if a.max_minutes and clock.minutes() > a.max_minutes:
             save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
                       opt=opt.state_dict(), step=step)
             print(f"stopped early at step {step} of {a.steps} (--max-minutes {a.max_minutes})", flush=True)
+            finished_at = None
             break
         for pg in opt.param_groups:
             pg["lr"] = pg["mult"] * lr_at(step, a.steps, a.lr, warmup=min(a.warmup, a.steps // 10))
@@ -274,8 +283,8 @@ def main(argv=None):
             pipe.set_progress_bar_config(disable=True)
             sample_grid(pipe, SAMPLE_PROMPTS, os.path.join(a.out, f"samples_{step+1:06d}.png"))
             unet.train(); te.train()
-    else:
-        open(done_flag, "w").write(str(a.steps))
+    if finished_at is not None:
+        open(done_flag, "w").write(str(finished_at))
     print(f"unet training: {clock.minutes():.1f} min", flush=True)
     unet.eval(); te.eval()
     if not a.no_export:
