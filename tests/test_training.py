@@ -38,6 +38,19 @@ def test_tokenizer_words_single_ids_and_roundtrip(tmp_path):
         assert len(ids) > 1 and tok.unk_token_id not in ids
         assert len(tok("a red circle", padding="max_length").input_ids) == MODEL_MAX_LENGTH
     assert len(ids_seen) == len(WORDS)  # distinct words -> distinct ids
+
+
+def test_tokenizer_ids_are_the_same_in_every_process_and_in_the_shipped_model():
+    """The BPE trainer breaks ties in per-process hash order; training must not depend on it."""
+    import subprocess
+    import sys
+    code = "from training.tokenizer import build_tokenizer as b; print([b().convert_tokens_to_ids(w + '</w>') for w in %r])" % WORDS
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=str(ROOT)).stdout.strip().splitlines()[-1] for _ in range(3)}
+    assert len(runs) == 1
+    shipped = MODELS / "denoise-tiny" / "tokenizer" / "vocab.json"
+    if shipped.exists():
+        assert json.load(open(shipped, encoding="utf-8")) == build_tokenizer().get_vocab()
     # slow-format files alone (vocab.json + merges.txt) give the same ids
     slow = tmp_path / "slow"
     slow.mkdir()

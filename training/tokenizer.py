@@ -5,6 +5,13 @@ vocab = all 256 byte-level characters (with and without the end-of-word marker
 special tokens. Unknown words decompose into sub-words / characters, never fail.
 
     python -m training.tokenizer --out models/denoise-tiny/tokenizer
+    python -m training.tokenizer --learn   # re-learn the canonical files (changes token ids!)
+
+The ids come from the canonical files in training/tokenizer_files/, not from a fresh BPE
+run: the `tokenizers` BPE trainer breaks ties between equally frequent merges in hash
+order, which differs per process (in four runs "at</w>" got id 531, 532, 533, 533), so
+each training process tokenized "at" and "an" differently from the one that exported the
+tokenizer. The canonical files hold the ids the shipped text encoder was last trained on.
 """
 import argparse
 import json
@@ -12,6 +19,8 @@ import os
 
 
 from training.data import EXTRA_WORDS, GRAMMAR_WORDS
+
+CANONICAL_DIR = os.path.join(os.path.dirname(__file__), "tokenizer_files")
 
 MODEL_MAX_LENGTH = 32
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -31,7 +40,15 @@ def bytes_to_unicode():
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def build_vocab_and_merges(words=WORDS):
+def canonical_vocab_and_merges():
+    """The committed vocab.json / merges.txt (see the module docstring)."""
+    vocab = json.load(open(os.path.join(CANONICAL_DIR, "vocab.json"), encoding="utf-8"))
+    lines = open(os.path.join(CANONICAL_DIR, "merges.txt"), encoding="utf-8").read().splitlines()
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    return vocab, merges
+
+
+def learn_vocab_and_merges(words=WORDS):
     """Learn BPE merges on the grammar word list until every word is one token
     (a real BPE training run, so merge ranks are consistent), then add all
     byte-level characters with and without `</w>` as fallback tokens."""
@@ -60,7 +77,7 @@ def build_vocab_and_merges(words=WORDS):
 
 def build_tokenizer(out_dir=None):
     from transformers import CLIPTokenizer
-    vocab, merges = build_vocab_and_merges()
+    vocab, merges = canonical_vocab_and_merges()
     tok = CLIPTokenizer(vocab=vocab, merges=merges,
                         model_max_length=MODEL_MAX_LENGTH)
     tok.model_max_length = MODEL_MAX_LENGTH
@@ -68,12 +85,7 @@ def build_tokenizer(out_dir=None):
         os.makedirs(out_dir, exist_ok=True)
         tok.save_pretrained(out_dir)
         # slow-format files too (transformers 5 may only write tokenizer.json)
-        with open(os.path.join(out_dir, "vocab.json"), "w") as f:
-            json.dump(vocab, f, ensure_ascii=False)
-        with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
-            f.write("#version: 0.2\n")
-            for a, b in merges:
-                f.write(f"{a} {b}\n")
+        write_vocab_and_merges(out_dir, vocab, merges)
         cfg_path = os.path.join(out_dir, "tokenizer_config.json")
         cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
         cfg.update({"model_max_length": MODEL_MAX_LENGTH, "tokenizer_class": "CLIPTokenizer",
@@ -81,6 +93,15 @@ def build_tokenizer(out_dir=None):
                     "do_lower_case": True})
         json.dump(cfg, open(cfg_path, "w"), indent=2)
     return tok
+
+
+def write_vocab_and_merges(out_dir, vocab, merges):
+    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for a, b in merges:
+            f.write(f"{a} {b}\n")
 
 
 def check_tokenizer(tok):
@@ -98,7 +119,11 @@ def check_tokenizer(tok):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="models/denoise-tiny/tokenizer")
+    ap.add_argument("--learn", action="store_true", help="re-learn training/tokenizer_files (new ids: retrain!)")
     a = ap.parse_args()
+    if a.learn:
+        os.makedirs(CANONICAL_DIR, exist_ok=True)
+        write_vocab_and_merges(CANONICAL_DIR, *learn_vocab_and_merges())
     tok = build_tokenizer(a.out)
     check_tokenizer(tok)
     from transformers import AutoTokenizer, CLIPTokenizer
