@@ -38,6 +38,15 @@ def test_tokenizer_words_single_ids_and_roundtrip(tmp_path):
         assert len(ids) > 1 and tok.unk_token_id not in ids
         assert len(tok("a red circle", padding="max_length").input_ids) == MODEL_MAX_LENGTH
     assert len(ids_seen) == len(WORDS)  # distinct words -> distinct ids
+    # slow-format files alone (vocab.json + merges.txt) give the same ids
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(tmp_path / "tok" / f, slow / f)
+    tok2 = CLIPTokenizer(vocab=str(slow / "vocab.json"), merges=str(slow / "merges.txt"))
+    t1 = CLIPTokenizer.from_pretrained(str(tmp_path / "tok"))
+    s = "an outlined small red circle on the left on a white background"
+    assert tok2(s).input_ids == t1(s).input_ids
 
 
 def test_tokenizer_ids_are_the_same_in_every_process_and_in_the_shipped_model():
@@ -51,15 +60,6 @@ def test_tokenizer_ids_are_the_same_in_every_process_and_in_the_shipped_model():
     shipped = MODELS / "denoise-tiny" / "tokenizer" / "vocab.json"
     if shipped.exists():
         assert json.load(open(shipped, encoding="utf-8")) == build_tokenizer().get_vocab()
-    # slow-format files alone (vocab.json + merges.txt) give the same ids
-    slow = tmp_path / "slow"
-    slow.mkdir()
-    for f in ("vocab.json", "merges.txt"):
-        shutil.copy(tmp_path / "tok" / f, slow / f)
-    tok2 = CLIPTokenizer(vocab=str(slow / "vocab.json"), merges=str(slow / "merges.txt"))
-    t1 = CLIPTokenizer.from_pretrained(str(tmp_path / "tok"))
-    s = "an outlined small red circle on the left on a white background"
-    assert tok2(s).input_ids == t1(s).input_ids
 
 
 # ----------------------------------------------------------------------------- dataset
