@@ -9,7 +9,7 @@ special tokens. Unknown words decompose into sub-words / characters, never fail.
 
 The ids come from the canonical files in training/tokenizer_files/, not from a fresh BPE
 run: the `tokenizers` BPE trainer breaks ties between equally frequent merges in hash
-order, which differs per process (in four runs "at</w>" got id 531, 532, 533, 533), so
+order, which differs per process (in four runs "at</w>" got ids 531, 531, 532, 533), so
 each training process tokenized "at" and "an" differently from the one that exported the
 tokenizer. The canonical files hold the ids the shipped text encoder was last trained on.
 """
