@@ -37,14 +37,20 @@ def generate(pipe, prompts, seeds, bs=8, **kw):
     return ims
 
 
+def score_specs(pipe, specs, seeds, bs=8):
+    """Generate the captions of `specs` (one seed each) and score them: (pictures, results, aggregate)."""
+    ims = generate(pipe, [caption(s) for s in specs], seeds, bs=bs)
+    res = [score(im, sp) for im, sp in zip(ims, specs)]
+    return ims, res, aggregate(res, specs)
+
+
 def eval_prompts(pipe, n, seed, holdout, tag, save_dir):
     rng = random.Random(seed)
     specs = [sample_spec(rng, holdout=holdout) for _ in range(n)]
     prompts = [caption(s) for s in specs]
-    ims = generate(pipe, prompts, list(range(seed, seed + n)))
-    res = [score(im, sp) for im, sp in zip(ims, specs)]
+    ims, res, agg = score_specs(pipe, specs, list(range(seed, seed + n)))
     grid(ims[:32], 8, 2).save(os.path.join(save_dir, f"eval_{tag}.png"))
-    return aggregate(res, specs), [{"prompt": p, **{k: v for k, v in r.items() if k != "shapes"},
+    return agg, [{"prompt": p, **{k: v for k, v in r.items() if k != "shapes"},
                                     "shapes": r["shapes"]} for p, r in zip(prompts, res)]
 
 

@@ -12,9 +12,8 @@ import random
 import torch
 from diffusers import StableDiffusionPipeline
 
-from training.data import caption, grid, sample_spec
-from training.evaluate import generate
-from training.scorer import aggregate, score
+from training.data import grid, sample_spec
+from training.evaluate import score_specs
 
 KEYS = ("background", "shape_color", "shape_kind", "position", "two_shapes_present")
 
@@ -32,8 +31,7 @@ def main(argv=None):
     heldout = [sample_spec(rng, holdout=True) for _ in range(48)]
     out = {}
     for name, specs in (("positioned", positioned), ("held-out", heldout)):
-        ims = generate(pipe, [caption(s) for s in specs], list(range(len(specs))), bs=16)
-        agg = aggregate([score(im, s) for im, s in zip(ims, specs)], specs)
+        ims, _, agg = score_specs(pipe, specs, list(range(len(specs))), bs=16)
         out[name] = {k: round(agg[k], 1) for k in KEYS}
         if name == "positioned":
             grid(ims, 8, 2).save(a.pipeline.rstrip("/") + "_probe.png")

@@ -202,9 +202,9 @@ def main(argv=None):
     unet = make_unet(tuple(int(c) for c in a.channels.split(",")),
                      attention=tuple(int(c) for c in a.attention.split(","))).to(dev)
     te = make_text_encoder(tok, layers=a.text_layers).to(dev)
-    params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "mult": 1.0},
-                             {"params": list(te.parameters()), "mult": a.te_lr_mult}],
+    unet_params, te_params = list(unet.parameters()), list(te.parameters())
+    params = unet_params + te_params
+    opt = torch.optim.AdamW([{"params": unet_params, "mult": 1.0}, {"params": te_params, "mult": a.te_lr_mult}],
                             lr=a.lr, weight_decay=0.01, fused=dev.type == "cuda")
     step = 0
     ck = load_ckpt(os.path.join(a.out, "ckpt.pt"))
@@ -237,6 +237,7 @@ def main(argv=None):
     clock = Timer()
     ckpt_every = CKPT_EVERY if dev.type == "cpu" else 8 * CKPT_EVERY  # GPU steps are ~100x faster
     finished_at = a.steps  # None when interrupted by --max-minutes
+    n_high = int(round(a.t_high_frac * a.batch))  # batch rows drawn from t >= T_HIGH_FROM
     for step in pbar:
         if a.stop_at is not None and step >= a.stop_at:
             save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
@@ -257,7 +258,6 @@ def main(argv=None):
         cond = torch.where(drop[:, None], empty_ids[None], ids[idx])
         noise = torch.randn(x0.shape, generator=g, device=dev)
         t = torch.randint(0, 1000, (a.batch,), generator=g, device=dev)
-        n_high = int(round(a.t_high_frac * a.batch))
         if n_high:
             t[:n_high] = torch.randint(T_HIGH_FROM, 1000, (n_high,), generator=g, device=dev)
         ab = acp[t].view(-1, 1, 1, 1)
