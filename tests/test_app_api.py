@@ -148,3 +148,14 @@ def test_controlnet_model_paths_from_the_browser_are_refused(client, tmp_path):
     with pytest.raises(Exception, match="neither a ControlNet folder"):  # even a path to our own folder
         client.predict(prompt="x", control_image=control, steps=2, preprocessor="canny",
                        controlnet_model=str(MODELS_DIR / EMBEDDED_CONTROLNET), api_name="/controlnet")
+
+
+def test_position_words_move_the_shape_through_the_app(client):
+    """The embedded model obeys position words (issue #2): the same seed, four position phrases."""
+    from training.scorer import score
+    for pos, phrase in [("left", "on the left"), ("right", "on the right"), ("top", "at the top"),
+                        ("bottom", "at the bottom")]:
+        path, _ = client.predict(prompt=f"a large red circle {phrase} on a white background", steps=25,
+                                 guidance_scale=5.0, seed=3, api_name="/txt2img")
+        spec = {"bg": "white", "shapes": [{"kind": "circle", "color": "red", "pos": pos}]}
+        assert score(Image.open(path), spec)["shapes"][0]["pos"], phrase
