@@ -151,7 +151,7 @@ def test_unet_continuation_with_layout_knobs(tiny):
     train_unet.main(["--init", str(tiny / "denoise-tiny"), "--out", str(out), "--vae", str(tiny.parent / "vae" / "final"),
                      "--steps", "6", "--stop-at", "2", "--batch", "4", "--n-train", "12", "--channels", "16,16,32",
                      "--text-layers", "1", "--sample-every", "0", "--threads", "1", "--no-export", "--p-pos", "1", "--p-size", "1",
-                     "--te-lr-mult", "3", "--t-high-frac", "0.5"])
+                     "--te-lr-mult", "3", "--t-high-frac", "0.5", "--fg-weight", "4"])
     data = torch.load(out / "data_12_pos1_size1.pt", weights_only=True)
     assert all(any(p in c for p in POSITION_PHRASES.values()) and ("small" in c or "large" in c)
                for c in data["captions"])
@@ -159,6 +159,16 @@ def test_unet_continuation_with_layout_knobs(tiny):
     unet_lr, te_lr = (g["lr"] for g in ck["opt"]["param_groups"])
     assert te_lr == pytest.approx(3 * unet_lr) and unet_lr > 0
     assert ck["step"] == 2 and (out / "DONE").read_text() == "2"  # --stop-at finishes the stage early
+
+
+def test_foreground_weights_mark_the_shape_cells_and_their_neighbours():
+    from training.train_unet import foreground_weights
+    x0 = torch.randn(2, 4, 1, 1).expand(2, 4, 16, 16).clone()  # flat backgrounds
+    x0[0, :, 5:7, 9:11] += 2.0                                   # one 2x2 "shape" in picture 0
+    w = foreground_weights(x0, 4.0)
+    assert w.shape == (2, 1, 16, 16)
+    assert (w[0, 0, 4:8, 8:12] == 4).all() and w[0].sum() == 16 * 16 + 3 * 16  # shape + one-cell ring
+    assert (w[1] == 1).all()                                                  # no shape: plain MSE
 
 
 def test_stage_resume_skips_finished(tiny):

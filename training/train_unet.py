@@ -42,6 +42,12 @@ T_HIGH_FRAC = 0.0       # fraction of the batch with t in [T_HIGH_FROM, 1000)
 T_HIGH_FROM = 500
 TE_LR_MULT = 1.0
 P_POS, P_SIZE = 0.5, 0.5  # chance that a shape in the training captions has a position / size word
+# small shapes cover 3-4 latent cells: in a plain mean over 16x16 cells the background outweighs
+# their corners and points, and small squares/stars came out as blobs. Latent cells that differ
+# from the picture's background latent (median cell) by more than FG_THRESH, dilated by one cell,
+# weigh FG_WEIGHT times more (1 = plain MSE, as phases 2-8 trained)
+FG_WEIGHT = 1.0
+FG_THRESH = 0.8         # on 128 pictures: every shape cell is covered; 27 % of cells marked, 15 % are shape
 UNET_CHANNELS = (32, 64, 128)
 # levels (0 = 16x16) with cross-attention. The shipped model has it at every level; (1, 2) with
 # channels 48,96,192 costs the same CPU time with twice the parameters (16x16 self-attention is a
@@ -141,6 +147,14 @@ def export_pipeline(unet, text_encoder, vae_dir, out_dir, dtype=torch.float32):
     return out_dir
 
 
+def foreground_weights(x0, weight, thresh=FG_THRESH):
+    """Per-cell loss weights (B,1,H,W): `weight` where the latent differs from its background, else 1."""
+    bg = x0.flatten(2).median(-1).values[..., None, None]
+    fg = ((x0 - bg).norm(dim=1, keepdim=True) > thresh).float()
+    fg = F.max_pool2d(fg, 3, stride=1, padding=1)
+    return 1.0 + (weight - 1.0) * fg
+
+
 def load_data(out, vae_dir, n, dev, bf16, chunk=0, workers=1, p_pos=P_POS, p_size=P_SIZE):
     tag = "" if (p_pos, p_size) == (P_POS, P_SIZE) else f"_pos{p_pos:g}_size{p_size:g}"
     path = os.path.join(out, f"data_{n}{tag}.pt")
@@ -183,6 +197,8 @@ def main(argv=None):
     ap.add_argument("--te-lr-mult", type=float, default=TE_LR_MULT, help="text encoder LR / UNet LR")
     ap.add_argument("--p-pos", type=float, default=P_POS, help="chance of a position word per shape in the data")
     ap.add_argument("--p-size", type=float, default=P_SIZE, help="chance of a size word per shape in the data")
+    ap.add_argument("--fg-weight", type=float, default=FG_WEIGHT,
+                    help="loss weight of latent cells covered by shapes (1: plain MSE)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop early (checkpoint kept, resumable) after this long; the step reached is printed")
     ap.add_argument("--stop-at", type=int, default=None,
@@ -266,7 +282,11 @@ def main(argv=None):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             h = te(cond)[0]
             pred = unet(xt, t, encoder_hidden_states=h).sample.float()
-        loss = F.mse_loss(pred, v)
+        if a.fg_weight == 1.0:
+            loss = F.mse_loss(pred, v)
+        else:
+            w = foreground_weights(x0, a.fg_weight)
+            loss = (w * (pred - v) ** 2).mean() / w.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
