@@ -14,7 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from tqdm import tqdm
 
 from training.common import load_ckpt, lr_at, save_ckpt, setup
@@ -66,8 +66,10 @@ def main(argv=None):
         m.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
                                 target_modules=UNET_TARGETS))
-    te.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
-                              target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    # peft's own injector, not transformers' te.add_adapter: that one refuses to run unless
+    # peft is at least the version its release names, which PyPI may not have yet.
+    inject_adapter_in_model(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
+                                       target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), te)
     params = [p for m in (unet, te) for p in m.parameters() if p.requires_grad]
     print(f"lora params {sum(p.numel() for p in params)/1e3:.1f}k")
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
