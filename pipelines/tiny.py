@@ -69,7 +69,9 @@ def tiny_components(seed: int = 0, prediction_type: str = "v_prediction", in_cha
         beta_start=0.00085,
         beta_end=0.012,
         prediction_type=prediction_type,
-        rescale_betas_zero_snr=True,
+        # zero terminal SNR only with v-prediction: an epsilon model cannot say anything at
+        # alpha_bar = 0 (x0 = (x - eps) / 0), which is why SD1.x epsilon models never used it
+        rescale_betas_zero_snr=prediction_type == "v_prediction",
         timestep_spacing="trailing",
         clip_sample=False,
         set_alpha_to_one=False,
