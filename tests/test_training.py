@@ -171,6 +171,32 @@ def test_foreground_weights_mark_the_shape_cells_and_their_neighbours():
     assert (w[1] == 1).all()                                                  # no shape: plain MSE
 
 
+def test_decoder_finetune_keeps_the_latent_space(tiny):
+    """Only the decoder may move: the UNet, ControlNet and LoRA were trained on the encoder's latents."""
+    from diffusers import AutoencoderKL
+    from training import finetune_decoder
+    src = str(tiny.parent / "vae" / "final")
+    out = finetune_decoder.main(["--vae", src, "--out", str(tiny.parent / "vae-dec"), "--steps", "3",
+                                 "--batch", "4", "--n-train", "10", "--threads", "1"])
+    a, b = AutoencoderKL.from_pretrained(src), AutoencoderKL.from_pretrained(out)
+    assert b.config.scaling_factor == a.config.scaling_factor
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        same = torch.equal(sa[k], sb[k])
+        assert same if k.startswith(("encoder.", "quant_conv.")) else True, k
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("decoder."))
+
+
+def test_edge_band_marks_colour_edges_only():
+    from training.finetune_decoder import edge_band
+    x = -torch.ones(1, 3, 10, 10)
+    x[:, :, 2:7, 2:7] = 1.0                       # a 5x5 square
+    e = edge_band(x)[0, 0]
+    assert e[2, 2] == 1 and e[1, 1] == 1          # its border and the ring just outside
+    assert e[4, 4] == 0 and e[0, 0] == 0 and e[9, 9] == 0  # its inside and the far background
+    assert edge_band(torch.zeros(1, 3, 8, 8)).sum() == 0
+
+
 def test_stage_resume_skips_finished(tiny):
     from training import train_vae
     out = train_vae.main(["--out", str(tiny.parent / "vae"), "--steps", "2"])

@@ -95,6 +95,23 @@ def eval_inpaint(pipe, n, save_dir):
             "mean_abs_error_outside_mask": float(np.mean(outside)), "n": n}
 
 
+@torch.no_grad()
+def vae_roundtrip_scores(vae, n=256, seed=12345):
+    """The scorer on held-out pictures pushed through the VAE alone: the ceiling any model on
+    its latents can reach. Shape kind is split by size word, since small shapes blur first."""
+    rng = random.Random(seed)
+    specs = [sample_spec(rng, holdout=True) for _ in range(n)]
+    x = torch.from_numpy(np.stack([np.asarray(render(s)) for s in specs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    y = vae.decode(vae.encode(x).latent_dist.mean).sample
+    y = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    res = [score(im, s) for im, s in zip(y, specs)]
+    out = aggregate(res, specs)
+    for size in ("small", None, "large"):
+        ok = [r["kind"] for rs, sp in zip(res, specs) for r, sh in zip(rs["shapes"], sp["shapes"]) if sh["size"] == size]
+        out[f"shape_kind_{size or 'default'}"] = 100.0 * sum(ok) / max(len(ok), 1)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="models")
@@ -134,6 +151,7 @@ def main(argv=None):
     from training.train_vae import eval_images, eval_psnr
     vae = AutoencoderKL.from_pretrained(os.path.join(base, "vae"))
     R["vae_psnr_db"] = eval_psnr(vae, eval_images(256))
+    R["vae_roundtrip"] = vae_roundtrip_scores(vae)
 
     # ControlNet
     cn_dir = os.path.join(a.models, "denoise-tiny-controlnet-canny")
@@ -206,6 +224,10 @@ def print_table(R):
         for k in ("background", "shape_color", "shape_kind", "position", "two_shapes_present"):
             print(f"{'train-dist ' + k:38s} {t[k]:8.1f}%")
     print(f"{'VAE PSNR (held-out pictures)':38s} {R['vae_psnr_db']:8.2f} dB >= 30 dB")
+    if "vae_roundtrip" in R:
+        v = R["vae_roundtrip"]
+        print(f"{'VAE round trip: shape kind readable':38s} {v['shape_kind']:8.1f}%  (small "
+              f"{v['shape_kind_small']:.0f}%, default {v['shape_kind_default']:.0f}%, large {v['shape_kind_large']:.0f}%)")
     if "controlnet" in R:
         c = R["controlnet"]
         print(f"{'ControlNet edge IoU (dilated 3x3)':38s} {c['edge_iou']:9.3f}  >= 0.6")
