@@ -71,7 +71,7 @@ def main(argv=None):
 
     vae = AutoencoderKL.from_pretrained(a.vae).to(dev).eval()
     vae.requires_grad_(False)
-    with torch.no_grad():  # the encoder is frozen: encode every picture once, in fp32 as the UNet saw them
+    with torch.no_grad():  # the encoder is frozen: encode every picture once
         lat = torch.cat([vae.encode(data[i:i + 256].float() / 127.5 - 1).latent_dist.mean
                          for i in tqdm(range(0, len(data), 256), desc="encode", mininterval=10)])
     vae.decoder.requires_grad_(True)

@@ -5,7 +5,8 @@
 Each stage skips itself when finished and resumes from its latest checkpoint
 under runs/ otherwise.  Stages, in the order the shipped files were made:
 
-  1. VAE
+  1. VAE, then its decoder fine-tuned on shape edges with the encoder frozen (made last, after
+     phase 9; the latents are bit-identical either way, so every later stage is unchanged)
   2. UNet + text encoder from scratch (3500 steps, lr 1e-3)      -> runs/unet/pipeline
   3. canny ControlNet on that base (400 steps)                    -> runs/controlnet/model
   4. UNet + text encoder continued (2500 steps, lr 5e-4)          -> runs/unet-b/pipeline
@@ -25,13 +26,14 @@ under runs/ otherwise.  Stages, in the order the shipped files were made:
 The phases follow the working sessions that made the shipped files (each continues the
 last rather than starting over). The ControlNet was trained on the phase-4 base and is
 used unchanged with the final one (evaluate.py measures it on the shipped base). On 2
-CPU cores the whole replay takes about 6.5 hours (phase 6 alone: 66 min, 1.0 s/step;
+CPU cores the whole replay takes about 6.8 hours (decoder fine-tune: 17 min) (phase 6 alone: 66 min, 1.0 s/step;
 phase 8: about 90 min, phase 9: about 47 min);
 every stage resumes from its checkpoints.
 """
 import argparse
 
-from training import evaluate, model_cards, sample_grid, train_controlnet, train_lora, train_unet, train_vae
+from training import (evaluate, finetune_decoder, model_cards, sample_grid, train_controlnet, train_lora, train_unet,
+                      train_vae)
 
 
 def main(argv=None):
@@ -43,6 +45,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     common = ["--device", a.device, "--threads", str(a.threads)]
     vae = train_vae.main(["--out", "runs/vae"] + common)
+    vae = finetune_decoder.main(["--vae", vae, "--out", "runs/vae-dec"] + common)
     first = train_unet.main(["--out", "runs/unet", "--vae", vae, "--steps", "3500", "--lr", "1e-3",
                              "--pipeline-out", "runs/unet/pipeline"] + common)
     first_cn = train_controlnet.main(["--base", first, "--out", "runs/controlnet", "--steps", "400",
