@@ -21,7 +21,7 @@ from diffusers import AutoencoderKL
 from tqdm import tqdm
 
 from training.common import load_ckpt, lr_at, save_ckpt, setup
-from training.data import make_dataset, to_tensor
+from training.data import make_dataset
 from training.train_vae import eval_images, eval_psnr
 
 # ----------------------------------------------------------------------------- config

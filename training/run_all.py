@@ -26,7 +26,7 @@ under runs/ otherwise.  Stages, in the order the shipped files were made:
 The phases follow the working sessions that made the shipped files (each continues the
 last rather than starting over). The ControlNet was trained on the phase-4 base and is
 used unchanged with the final one (evaluate.py measures it on the shipped base). On 2
-CPU cores the whole replay takes about 6.8 hours (decoder fine-tune: 17 min) (phase 6 alone: 66 min, 1.0 s/step;
+CPU cores the whole replay takes about 6.8 hours (decoder fine-tune 17 min; phase 6 alone: 66 min, 1.0 s/step;
 phase 8: about 90 min, phase 9: about 47 min);
 every stage resumes from its checkpoints.
 """
