@@ -178,7 +178,7 @@ def main(argv=None):
 
     # LoRA
     lora_dir = os.path.join(a.models, "loras")
-    if os.path.exists(os.path.join(lora_dir, "outline-style.safetensors")):
+    if a.n_lora and os.path.exists(os.path.join(lora_dir, "outline-style.safetensors")):
         pipe.load_lora_weights(lora_dir, weight_name="outline-style.safetensors", adapter_name="outline")
         rng = random.Random(99)
         specs = []
