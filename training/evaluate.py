@@ -20,7 +20,7 @@ from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNet
                        StableDiffusionPipeline)
 
 from training.common import psnr
-from training.data import COLORS, caption, grid, render, sample_spec
+from training.data import COLORS, caption, grid, render, sample_spec, to_tensor
 from training.scorer import aggregate, palette_labels, score
 from training.train_controlnet import canny
 
@@ -101,7 +101,7 @@ def vae_roundtrip_scores(vae, n=256, seed=12345):
     its latents can reach. Shape kind is split by size word, since small shapes blur first."""
     rng = random.Random(seed)
     specs = [sample_spec(rng, holdout=True) for _ in range(n)]
-    x = torch.from_numpy(np.stack([np.asarray(render(s)) for s in specs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = to_tensor(np.stack([np.asarray(render(s)) for s in specs]))
     y = vae.decode(vae.encode(x).latent_dist.mean).sample
     y = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     res = [score(im, s) for im, s in zip(y, specs)]
