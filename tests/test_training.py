@@ -107,6 +107,13 @@ def test_scorer_correct_on_renders_and_detects_errors():
     agg = aggregate(res, specs)
     assert agg["background"] == 100 and agg["shape_color"] == 100
     assert agg["shape_kind"] >= 98.5 and agg["position"] >= 98.5 and agg["two_shapes_present"] == 100
+    assert agg["shape_kind_one_shape"] >= 98.5 and agg["shape_kind_two_shapes"] >= 97
+    # the split counts each prompt's shapes once: a wrong kind in every two-shape spec shows there only
+    flip = [dict(sp, shapes=[dict(sp["shapes"][0], kind=next(k for k in SHAPES if k != sp["shapes"][0]["kind"])),
+                             sp["shapes"][1]]) if len(sp["shapes"]) == 2 else sp for sp in specs]
+    agg2 = aggregate([score(render(s), f) for s, f in zip(specs, flip)], flip)
+    assert agg2["shape_kind_one_shape"] == agg["shape_kind_one_shape"]
+    assert agg2["shape_kind_two_shapes"] <= 55
     # wrong specs must be caught
     s = specs[1]
     wrong_bg = dict(s, bg=next(c for c in COLOR_NAMES if c != s["bg"] and all(x["color"] != c for x in s["shapes"])))

@@ -219,6 +219,9 @@ def print_table(R):
     h = R["heldout"]
     for k in ("background", "shape_color", "shape_kind", "position", "two_shapes_present"):
         print(f"{'held-out ' + k:38s} {h[k]:8.1f}%  >= {BARS[k]}%")
+        if k == "shape_kind" and "shape_kind_one_shape" in h:
+            print(f"{'  in one- / two-shape prompts':38s} {h['shape_kind_one_shape']:8.1f}%  / "
+                  f"{h['shape_kind_two_shapes']:.1f}%")
     if "train_dist" in R:
         t = R["train_dist"]
         for k in ("background", "shape_color", "shape_kind", "position", "two_shapes_present"):

@@ -125,7 +125,11 @@ def aggregate(results, specs):
     sh = [r for res in results for r in res["shapes"]]
     pos = [r["pos"] for r in sh if r["pos"] is not None]
     two = [res["all_present"] for res, sp in zip(results, specs) if len(sp["shapes"]) == 2]
+    # kind split by prompt: binding two kinds to two shapes is much harder than drawing one
+    kind_by_n = {n: [r["kind"] for res, sp in zip(results, specs) if len(sp["shapes"]) == n for r in res["shapes"]]
+                 for n in (1, 2)}
     pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else float("nan")
     return {"n_images": len(results), "background": pct([r["bg"] for r in results]),
             "shape_color": pct([r["color"] for r in sh]), "shape_kind": pct([r["kind"] for r in sh]),
+            "shape_kind_one_shape": pct(kind_by_n[1]), "shape_kind_two_shapes": pct(kind_by_n[2]),
             "position": pct(pos), "n_position": len(pos), "two_shapes_present": pct(two), "n_two": len(two)}

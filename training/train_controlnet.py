@@ -30,6 +30,9 @@ STEPS = 400
 BATCH = 32
 LR = 1e-3
 N_TRAIN = 6000
+# chance of a two-shape picture (data.sample_spec's default is 0.35): under control, two-shape
+# two-colour prompts swapped colours between the shapes, so a continuation can see more of them
+P_TWO = 0.35
 COND_CHANNELS = (16, 32, 64)   # one level per VAE downsampling level (4x -> 3 levels)
 BF16 = True
 CKPT_EVERY = 200
@@ -52,11 +55,12 @@ def canny(img, low=CANNY_LOW, high=CANNY_HIGH):
     return out
 
 
-def load_data(out, pipe, n, dev, bf16):
-    path = os.path.join(out, f"data_{n}.pt")
+def load_data(out, pipe, n, dev, bf16, p_two=P_TWO):
+    tag = "" if p_two == P_TWO else f"_two{p_two:g}"
+    path = os.path.join(out, f"data_{n}{tag}.pt")
     if os.path.exists(path):
-        return torch.load(path)
-    imgs, caps, _ = make_dataset(n, SEED, progress=True)
+        return torch.load(path, weights_only=True)
+    imgs, caps, _ = make_dataset(n, SEED, progress=True, p_two=p_two)
     edges = np.stack([np.asarray(canny(x))[:, :, 0] for x in tqdm(imgs, desc="canny", mininterval=10)])
     lat = encode_images(pipe.vae, imgs, bf16=bf16)
     d = {"latents": lat, "ids": tokenize(pipe.tokenizer, caps).to(torch.int16),
@@ -74,6 +78,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=BATCH)
     ap.add_argument("--lr", type=float, default=LR)
     ap.add_argument("--n-train", type=int, default=N_TRAIN)
+    ap.add_argument("--p-two", type=float, default=P_TWO, help="chance of a two-shape picture in the data")
     ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -100,7 +105,7 @@ def main(argv=None):
         cn.load_state_dict(ck["model"]); opt.load_state_dict(ck["opt"]); step = ck["step"]
         print("resumed at step", step)
     print(f"controlnet params {sum(p.numel() for p in cn.parameters())/1e6:.2f}M")
-    data = load_data(a.out, pipe, a.n_train, dev, use_bf16)
+    data = load_data(a.out, pipe, a.n_train, dev, use_bf16, a.p_two)
     lat, ids, edges = data["latents"], data["ids"].long(), data["edges"]
     empty_ids = tokenize(pipe.tokenizer, [""])[0]
     acp = DDPMScheduler(**SCHEDULER_KW).alphas_cumprod.to(dev)

@@ -81,7 +81,7 @@ def main(argv=None):
 
     path = os.path.join(a.out, f"data_{a.n_train}.pt")
     if os.path.exists(path):
-        data = torch.load(path)
+        data = torch.load(path, weights_only=True)
     else:
         imgs, caps, _ = make_dataset(a.n_train, SEED, outline=True, progress=True)
         data = {"latents": encode_images(pipe.vae, imgs, bf16=use_bf16),
