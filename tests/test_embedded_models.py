@@ -56,16 +56,21 @@ def test_controlnet_edges_agree_with_the_control_far_better_than_without(embedde
                                         "cx": 50.0, "cy": 18.0, "r": 7.0}]}
     control = preprocess("canny", render(spec), CANNY_LOW, CANNY_HIGH)
     controlnet = load_controlnet(embedded)
-    request = GenerationRequest(prompt="a blue triangle and a red circle on a yellow background", steps=20, seed=3,
-                                preview_every=0)
+    # the prompt says which shape is which (the grammar's full caption of the control picture): without
+    # size or position words the shipped pair draws the triangle in the small circle's outline (a
+    # documented limit; IoU about 0.41 over seeds 3-10 against 0.80 with this caption)
+    request = GenerationRequest(prompt="a large blue triangle on the left and a small red circle on the right "
+                                       "on a yellow background", steps=20, seed=3, preview_every=0)
     with_control = last(controlnet_stream(embedded, request, [control], [controlnet], [1.0]))
     without = last(controlnet_stream(embedded, request, [control], [controlnet], [0.0]))
     iou = edge_iou(preprocess("canny", with_control.image, CANNY_LOW, CANNY_HIGH), control)
     iou_without = edge_iou(preprocess("canny", without.image, CANNY_LOW, CANNY_HIGH), control)
-    # one picture: 0.49 with the shipped decoder (0.50 with the one before it), 0.06 without control;
-    # the bar (mean over 16 held-out prompts >= 0.6) is training/evaluate.py's
-    assert iou >= 0.45 and iou > 4 * iou_without, (iou, iou_without)
-    assert colour_fraction(np.asarray(with_control.image), "yellow") > 0.4  # colours still follow the prompt
+    # one picture, seed 3: 0.82 with control, 0.23 without (the caption's position and size words
+    # already place the shapes roughly); the bar (mean over 16 held-out prompts >= 0.6) is evaluate.py's
+    assert iou >= 0.6 and iou > 2 * iou_without, (iou, iou_without)
+    pixels = np.asarray(with_control.image)
+    assert colour_fraction(pixels, "yellow") > 0.4  # colours still follow the prompt, each on its own shape
+    assert colour_fraction(pixels[24:44, 12:32], "blue") > 0.5 and colour_fraction(pixels[14:23, 46:55], "red") > 0.5
 
 
 def dark_pixels(image) -> float:

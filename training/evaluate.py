@@ -1,6 +1,6 @@
 """Evaluate the SHIPPED model folders with diffusers' own loaders.
 
-    python -m training.evaluate [--models models] [--n-eval 64] [--out runs/eval.json]
+    python -m training.evaluate [--models models] [--n-eval 256] [--out runs/eval.json]
 
 Scores generated pictures against the grammar (training/scorer.py): background
 colour, shape colour and kind, position word, both shapes present; VAE PSNR on
@@ -115,7 +115,8 @@ def vae_roundtrip_scores(vae, n=256, seed=12345):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="models")
-    ap.add_argument("--n-eval", type=int, default=64)
+    # 256 held-out prompts (about 320 shapes): with 64, shape kind read 96.4 % where 256 others gave 94.1 %
+    ap.add_argument("--n-eval", type=int, default=256)
     ap.add_argument("--n-train-dist", type=int, default=32)
     ap.add_argument("--n-control", type=int, default=16)
     ap.add_argument("--n-lora", type=int, default=12)

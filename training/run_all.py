@@ -18,17 +18,24 @@ under runs/ otherwise.  Stages, in the order the shipped files were made:
   8. the same recipe on 40k pictures, 30 % high-noise, 5500 steps
      (made in two sittings: 4250 steps, then the last 1250)      -> runs/unet-e/pipeline
   9. small shapes: 3000 steps at 2e-4 with shape cells weighted 4x in the loss
-     (--fg-weight 4), same data and layout knobs                 -> models/denoise-tiny
+     (--fg-weight 4), same data and layout knobs                 -> runs/unet-f/pipeline
      (3000 more steps of the same scored worse on held-out kinds, 79 % vs 89 %: not shipped)
- 10. outline LoRA on the final base (1200 steps)                  -> models/loras
- 11. evaluation of the shipped folders, docs/sample_grid.png, model cards
+ 10. size words: 2000 steps at 2e-4 on 20k pictures, 90 % of the shapes with a size word
+                                                                  -> runs/unet-i/pipeline
+     and the ControlNet continued on that base (400 steps, 3e-4) -> runs/controlnet-i/model
+ 11. two shapes: 2500 steps at 2e-4 on 20k pictures, 70 % of them with two shapes
+     (kind was right for 96-98 % of lone shapes but 76-79 % in two-shape prompts)
+                                                                  -> models/denoise-tiny
+     and the ControlNet continued on it with 70 % two-shape pictures: 600 steps at 3e-4, then
+     1500 at 5e-4                                                -> models/denoise-tiny-controlnet-canny
+ 12. outline LoRA on the final base (1200 steps)                  -> models/loras
+ 13. evaluation of the shipped folders, docs/sample_grid.png, model cards
 
 The phases follow the working sessions that made the shipped files (each continues the
-last rather than starting over). The ControlNet was trained on the phase-4 base and is
-used unchanged with the final one (evaluate.py measures it on the shipped base). On 2
-CPU cores the whole replay takes about 6.8 hours (decoder fine-tune 17 min; phase 6 alone: 66 min, 1.0 s/step;
-phase 8: about 90 min, phase 9: about 47 min);
-every stage resumes from its checkpoints.
+last rather than starting over). On 2 CPU cores the whole replay takes about 8.7 hours
+(decoder fine-tune 17 min; phase 6 alone: 66 min, 1.0 s/step; phase 8: about 90 min,
+phase 9: about 47 min, phase 10: 31 min, phase 11: 42 min, its ControlNet 30 min); every stage resumes
+from its checkpoints.
 """
 import argparse
 
@@ -52,8 +59,8 @@ def main(argv=None):
                                       "--controlnet-out", "runs/controlnet/model"] + common)
     second = train_unet.main(["--init", first, "--out", "runs/unet-b", "--vae", vae, "--steps", "2500",
                               "--lr", "5e-4", "--warmup", "100", "--pipeline-out", "runs/unet-b/pipeline"] + common)
-    train_controlnet.main(["--init", first_cn, "--base", second, "--out", "runs/controlnet-b", "--steps", "600",
-                           "--controlnet-out", "models/denoise-tiny-controlnet-canny"] + common)
+    second_cn = train_controlnet.main(["--init", first_cn, "--base", second, "--out", "runs/controlnet-b",
+                                       "--steps", "600", "--controlnet-out", "runs/controlnet-b/model"] + common)
     third = train_unet.main(["--init", second, "--out", "runs/unet-c", "--vae", vae, "--steps", "4000", "--lr", "4e-4",
                              "--warmup", "100", "--n-train", "60000", "--render-chunk", "4096",
                              "--pipeline-out", "runs/unet-c/pipeline"] + common)
@@ -66,10 +73,27 @@ def main(argv=None):
                              "--n-train", "40000", "--t-high-frac", "0.3", "--pipeline-out", "runs/unet-e/pipeline"]
                             + layout + common)
     # small squares and stars still came out as blobs: weigh the cells the shapes cover
-    base = train_unet.main(["--init", fifth, "--out", "runs/unet-f", "--vae", vae, "--steps", "3000", "--warmup", "50",
-                            "--n-train", "40000", "--t-high-frac", "0.3", "--pipeline-out", "models/denoise-tiny"]
-                           + layout + ["--lr", "2e-4", "--fg-weight", "4"] + common)
-    train_lora.main(["--base", base, "--out", "runs/lora-f", "--lora-out", "models/loras"] + common)
+    small = layout + ["--lr", "2e-4", "--fg-weight", "4", "--t-high-frac", "0.3", "--warmup", "50"]
+    sixth = train_unet.main(["--init", fifth, "--out", "runs/unet-f", "--vae", vae, "--steps", "3000",
+                             "--n-train", "40000", "--pipeline-out", "runs/unet-f/pipeline"] + small + common)
+    # size words on 90 % of the shapes; the ControlNet, trained on the phase-4 base, follows the new base
+    seventh = train_unet.main(["--init", sixth, "--out", "runs/unet-i", "--vae", vae, "--steps", "2000",
+                               "--n-train", "20000", "--pipeline-out", "runs/unet-i/pipeline"]
+                              + small + ["--p-size", "0.9"] + common)
+    third_cn = train_controlnet.main(["--init", second_cn, "--base", seventh, "--out", "runs/controlnet-i",
+                                      "--steps", "400", "--lr", "3e-4", "--controlnet-out", "runs/controlnet-i/model"]
+                                     + common)
+    # lone shapes were drawn right, but two-shape prompts bound the wrong kind to a shape
+    base = train_unet.main(["--init", seventh, "--out", "runs/unet-j", "--vae", vae, "--steps", "2500",
+                            "--n-train", "20000", "--pipeline-out", "models/denoise-tiny"]
+                           + small + ["--p-two", "0.7"] + common)
+    fourth_cn = train_controlnet.main(["--init", third_cn, "--base", base, "--out", "runs/controlnet-j", "--steps", "600",
+                                       "--lr", "3e-4", "--p-two", "0.7", "--controlnet-out", "runs/controlnet-j/model"]
+                                      + common)
+    train_controlnet.main(["--init", fourth_cn, "--base", base, "--out", "runs/controlnet-k", "--steps", "1500",
+                           "--lr", "5e-4", "--p-two", "0.7", "--controlnet-out", "models/denoise-tiny-controlnet-canny"]
+                          + common)
+    train_lora.main(["--base", base, "--out", "runs/lora-j", "--lora-out", "models/loras"] + common)
     if not a.skip_eval:
         evaluate.main(["--models", "models", "--out", "runs/eval.json", "--threads", str(a.threads)])
         sample_grid.main(["--models", "models", "--out", "docs/sample_grid.png", "--threads", str(a.threads)])
