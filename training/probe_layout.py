@@ -1,10 +1,11 @@
-"""Quick layout probe of a pipeline folder while training (about a minute on 2 CPU cores).
+"""Quick layout probe of a pipeline folder while training (about two minutes on 2 CPU cores).
 
     python -m training.probe_layout runs/unet-d/pipeline [--threads 2]
 
 48 single-shape prompts that all carry a position word (training distribution), 48
-held-out prompts and 64 held-out two-shape prompts (--two 0 skips them), 25 DDIM steps, guidance 5, fixed seeds; prints the scorer's percentages
-and writes <folder>_probe.png. The shipped numbers come from training/evaluate.py, not this.
+held-out prompts and 64 held-out two-shape prompts (--two 0 skips them), 25 DDIM steps,
+guidance 5, fixed seeds; prints the scorer's percentages and writes <folder>_probe.png.
+The shipped numbers come from training/evaluate.py, not this.
 """
 import argparse
 import random
