@@ -159,3 +159,22 @@ def test_position_words_move_the_shape_through_the_app(client):
                                  guidance_scale=5.0, seed=3, api_name="/txt2img")
         spec = {"bg": "white", "shapes": [{"kind": "circle", "color": "red", "pos": pos}]}
         assert score(Image.open(path), spec)["shapes"][0]["pos"], phrase
+
+
+def test_two_shape_prompts_get_both_colours_and_kinds_through_the_app(client):
+    """Issue #2: each shape of a two-shape prompt gets its own colour and kind. Eight fixed prompts, every
+    kind four times; evaluate.py measures 89.5 % of kinds right in two-shape prompts, so allow 3 misses of 16."""
+    from training.scorer import score
+    pairs = [("red", "star", "blue", "square", "white"), ("green", "circle", "yellow", "triangle", "black"),
+             ("purple", "triangle", "orange", "star", "white"), ("white", "square", "red", "circle", "blue"),
+             ("yellow", "star", "green", "circle", "purple"), ("blue", "triangle", "white", "square", "orange"),
+             ("orange", "circle", "purple", "star", "yellow"), ("black", "square", "red", "triangle", "green")]
+    kinds_right = 0
+    for c1, k1, c2, k2, bg in pairs:
+        prompt = f"a {c1} {k1} and a{'n' if c2[0] in 'aeiou' else ''} {c2} {k2} on a{'n' if bg[0] in 'aeiou' else ''} {bg} background"
+        path, _ = client.predict(prompt=prompt, steps=25, guidance_scale=5.0, seed=0, api_name="/txt2img")
+        spec = {"bg": bg, "shapes": [{"kind": k1, "color": c1, "pos": None}, {"kind": k2, "color": c2, "pos": None}]}
+        result = score(Image.open(path), spec)
+        assert result["bg"] and result["all_present"], prompt
+        kinds_right += sum(s["kind"] for s in result["shapes"])
+    assert kinds_right >= 13, kinds_right
