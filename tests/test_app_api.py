@@ -169,9 +169,10 @@ def test_two_shape_prompts_get_both_colours_and_kinds_through_the_app(client):
              ("purple", "triangle", "orange", "star", "white"), ("white", "square", "red", "circle", "blue"),
              ("yellow", "star", "green", "circle", "purple"), ("blue", "triangle", "white", "square", "orange"),
              ("orange", "circle", "purple", "star", "yellow"), ("black", "square", "red", "triangle", "green")]
+    a = lambda word: ("an " if word[0] in "aeiou" else "a ") + word
     kinds_right = 0
     for c1, k1, c2, k2, bg in pairs:
-        prompt = f"a {c1} {k1} and a{'n' if c2[0] in 'aeiou' else ''} {c2} {k2} on a{'n' if bg[0] in 'aeiou' else ''} {bg} background"
+        prompt = f"{a(c1)} {k1} and {a(c2)} {k2} on {a(bg)} background"
         path, _ = client.predict(prompt=prompt, steps=25, guidance_scale=5.0, seed=0, api_name="/txt2img")
         spec = {"bg": bg, "shapes": [{"kind": k1, "color": c1, "pos": None}, {"kind": k2, "color": c2, "pos": None}]}
         result = score(Image.open(path), spec)
