@@ -168,27 +168,6 @@ def test_unet_continuation_with_layout_knobs(tiny):
     assert ck["step"] == 2 and (out / "DONE").read_text() == "2"  # --stop-at finishes the stage early
 
 
-def test_unet_ema_is_checkpointed_and_exported(tiny):
-    """--ema keeps a moving average beside the raw weights, checkpoints it, and exports it."""
-    from diffusers import UNet2DConditionModel
-    from training import train_unet
-    out = tiny.parent / "unet-ema"
-    args = ["--init", str(tiny / "denoise-tiny"), "--out", str(out), "--vae", str(tiny.parent / "vae" / "final"),
-            "--steps", "4", "--batch", "4", "--n-train", "12", "--channels", "16,16,32", "--text-layers", "1",
-            "--sample-every", "0", "--threads", "1", "--lr", "1e-2", "--ema", "0.5", "--pipeline-out", str(out / "pipe")]
-    train_unet.main(args + ["--stop-at", "2"])
-    first = torch.load(out / "ckpt.pt", weights_only=True)
-    (out / "DONE").unlink()  # --stop-at marks the stage done; carry on to step 4
-    train_unet.main(args)
-    ck = torch.load(out / "ckpt.pt", weights_only=True)
-    assert first["step"] == 2 and ck["step"] == 4
-    name = "conv_in.weight"
-    raw, ema, ema_at_2 = ck["unet"][name], ck["ema_unet"][name], first["ema_unet"][name]
-    assert not torch.equal(raw, ema) and not torch.equal(ema, ema_at_2)  # it moved, and lags the raw weights
-    exported = UNet2DConditionModel.from_pretrained(str(out / "pipe"), subfolder="unet").state_dict()[name]
-    assert torch.allclose(exported, ema) and not torch.allclose(exported, raw)
-
-
 def test_foreground_weights_mark_the_shape_cells_and_their_neighbours():
     from training.train_unet import foreground_weights
     x0 = torch.randn(2, 4, 1, 1).expand(2, 4, 16, 16).clone()  # flat backgrounds

@@ -9,7 +9,6 @@ cached under <out>/data.pt.  Resumable from <out>/ckpt.pt.
     python -m training.train_unet --export-only --pipeline-out models/denoise-tiny
 """
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -51,9 +50,6 @@ P_TWO = 0.35
 # from the picture's background latent (median cell) by more than FG_THRESH, dilated by one cell,
 # weigh FG_WEIGHT times more (1 = plain MSE, as phases 2-8 trained)
 FG_WEIGHT = 1.0
-# exponential moving average of the weights, exported instead of the raw weights when > 0 (the
-# raw weights of a run still at 1e-4 carry the noise of its last few hundred batches)
-EMA = 0.0
 FG_THRESH = 0.8         # on 128 pictures: every shape cell is covered; 27 % of cells marked, 15 % are shape
 UNET_CHANNELS = (32, 64, 128)
 # levels (0 = 16x16) with cross-attention. The shipped model has it at every level; (1, 2) with
@@ -141,6 +137,7 @@ def export_pipeline(unet, text_encoder, vae_dir, out_dir, dtype=torch.float32):
     shutil.rmtree(tmp, ignore_errors=True)
     tok = build_tokenizer(os.path.join(tmp, "tokenizer"))
     vae = AutoencoderKL.from_pretrained(vae_dir)
+    import copy
     pipe = build_pipeline(copy.deepcopy(unet).to("cpu", dtype), copy.deepcopy(text_encoder).to("cpu", dtype),
                           tok, vae.to(dtype))
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -151,11 +148,6 @@ def export_pipeline(unet, text_encoder, vae_dir, out_dir, dtype=torch.float32):
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
-
-
-def ema_state(ema_unet, ema_te):
-    """Checkpoint entries for the EMA weights (none when EMA is off)."""
-    return {} if ema_unet is None else {"ema_unet": ema_unet.state_dict(), "ema_te": ema_te.state_dict()}
 
 
 def foreground_weights(x0, weight, thresh=FG_THRESH):
@@ -213,7 +205,6 @@ def main(argv=None):
     ap.add_argument("--p-two", type=float, default=P_TWO, help="chance of a two-shape picture in the data")
     ap.add_argument("--fg-weight", type=float, default=FG_WEIGHT,
                     help="loss weight of latent cells covered by shapes (1: plain MSE)")
-    ap.add_argument("--ema", type=float, default=EMA, help="EMA decay of the exported weights (0 = off)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop early (checkpoint kept, resumable) after this long; the step reached is printed")
     ap.add_argument("--stop-at", type=int, default=None,
@@ -249,14 +240,10 @@ def main(argv=None):
             opt.load_state_dict(ck["opt"])
         step = ck["step"]
         print("resumed at step", step)
-    ema_unet, ema_te = (copy.deepcopy(unet).eval(), copy.deepcopy(te).eval()) if a.ema > 0 else (None, None)
-    if ema_unet is not None and ck and "ema_unet" in ck:
-        ema_unet.load_state_dict(ck["ema_unet"]); ema_te.load_state_dict(ck["ema_te"])
     print(f"unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M  text encoder {sum(p.numel() for p in te.parameters())/1e6:.2f}M")
-    export_unet, export_te = (ema_unet, ema_te) if a.ema > 0 else (unet, te)
     if a.export_only or os.path.exists(done_flag):
         if not a.no_export:
-            export_pipeline(export_unet, export_te, a.vae, a.pipeline_out)
+            export_pipeline(unet, te, a.vae, a.pipeline_out)
             print("exported", a.pipeline_out, "from step", step)
         return a.pipeline_out
 
@@ -273,16 +260,15 @@ def main(argv=None):
     ckpt_every = CKPT_EVERY if dev.type == "cpu" else 8 * CKPT_EVERY  # GPU steps are ~100x faster
     finished_at = a.steps  # None when interrupted by --max-minutes
     n_high = int(round(a.t_high_frac * a.batch))  # batch rows drawn from t >= T_HIGH_FROM
-    ema_params = list(ema_unet.parameters()) + list(ema_te.parameters()) if ema_unet is not None else []
     for step in pbar:
         if a.stop_at is not None and step >= a.stop_at:
             save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
-                      opt=opt.state_dict(), step=step, **ema_state(ema_unet, ema_te))
+                      opt=opt.state_dict(), step=step)
             finished_at = step
             break
         if a.max_minutes and clock.minutes() > a.max_minutes:
             save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
-                      opt=opt.state_dict(), step=step, **ema_state(ema_unet, ema_te))
+                      opt=opt.state_dict(), step=step)
             print(f"stopped early at step {step} of {a.steps} (--max-minutes {a.max_minutes})", flush=True)
             finished_at = None
             break
@@ -311,16 +297,11 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if ema_unet is not None:
-            # the usual warm-up: short memory while the first steps move the weights most
-            decay = min(a.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         if step % 100 == 0:  # .item() waits for the GPU: not every step
             pbar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % ckpt_every == 0 or step + 1 == a.steps:
             save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
-                      opt=opt.state_dict(), step=step + 1, **ema_state(ema_unet, ema_te))
+                      opt=opt.state_dict(), step=step + 1)
         if a.sample_every and ((step + 1) % a.sample_every == 0 or step + 1 == a.steps):
             unet.eval(); te.eval()
             vae = AutoencoderKL.from_pretrained(a.vae)
@@ -333,7 +314,7 @@ def main(argv=None):
     print(f"unet training: {clock.minutes():.1f} min", flush=True)
     unet.eval(); te.eval()
     if not a.no_export:
-        export_pipeline(export_unet, export_te, a.vae, a.pipeline_out)
+        export_pipeline(unet, te, a.vae, a.pipeline_out)
         print("exported", a.pipeline_out)
     return a.pipeline_out
 
