@@ -86,10 +86,11 @@ reliable, and the kind is right for {fmt(h['shape_kind'])} of held-out shapes, b
 that is {fmt(h.get('shape_kind_one_shape'))} of lone shapes and {fmt(h.get('shape_kind_two_shapes'))} in two-shape
 prompts, where a shape can take the other one's kind; small stars and squares can
 come out rounded (the VAE alone keeps them readable, so the UNet, not the latent, is
-the limit), and small shapes sometimes vanish or drift.
-Continue training with `python -m training.train_unet --init models/denoise-tiny
---p-pos 0.8 --p-size 0.7 --p-two 0.7 --te-lr-mult 3 --t-high-frac 0.3 --fg-weight 4 ...`
-(`--device cuda` on a GPU) to close the gap.
+the limit), and small shapes sometimes vanish or drift. More steps of the last recipe
+(`python -m training.train_unet --init models/denoise-tiny --p-pos 0.8 --p-size 0.7
+--p-two 0.7 --te-lr-mult 3 --t-high-frac 0.3 --fg-weight 4 ...`) stopped helping after
+this model (`training/README.md`); a wider UNet or a longer run on a GPU
+(`--device cuda`) are the untried next steps.
 """
     open(os.path.join(a.models, "denoise-tiny", "README.md"), "w").write(base)
 
