@@ -1,6 +1,6 @@
 """Evaluate the SHIPPED model folders with diffusers' own loaders.
 
-    python -m training.evaluate [--models models] [--n-eval 256] [--out runs/eval.json]
+    python -m training.evaluate [--models models] [--n-eval 768] [--out runs/eval.json]
 
 Scores generated pictures against the grammar (training/scorer.py): background
 colour, shape colour and kind, position word, both shapes present; VAE PSNR on
