@@ -56,6 +56,9 @@ UNET_CHANNELS = (32, 64, 128)
 # channels 48,96,192 costs the same CPU time with twice the parameters (16x16 self-attention is a
 # quarter of the inference time), tried on a GPU but not trained long enough to ship
 ATTENTION_LEVELS = (0, 1, 2)
+# attention heads per block (diffusers' `attention_head_dim` argument holds the head count). The
+# shipped model has 4 (head dims 8/16/32); fewer heads are cheaper per step on CPU
+HEADS = 4
 LAYERS_PER_BLOCK = 1
 TEXT_HIDDEN = 128
 TEXT_LAYERS = 3
@@ -88,14 +91,15 @@ def make_text_encoder(tok, hidden=TEXT_HIDDEN, layers=TEXT_LAYERS):
     return CLIPTextModel(cfg)
 
 
-def make_unet(channels=UNET_CHANNELS, layers=LAYERS_PER_BLOCK, cross_dim=TEXT_HIDDEN, attention=ATTENTION_LEVELS):
+def make_unet(channels=UNET_CHANNELS, layers=LAYERS_PER_BLOCK, cross_dim=TEXT_HIDDEN, attention=ATTENTION_LEVELS,
+              heads=HEADS):
     n = len(channels)
     attention = [i for i in attention if i < n] or [n - 1]
     down = tuple("CrossAttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(n))
     up = tuple("CrossAttnUpBlock2D" if n - 1 - i in attention else "UpBlock2D" for i in range(n))
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=tuple(channels),
-        layers_per_block=layers, cross_attention_dim=cross_dim, attention_head_dim=4,
+        layers_per_block=layers, cross_attention_dim=cross_dim, attention_head_dim=heads,
         down_block_types=down, up_block_types=up, norm_num_groups=16,
     )
 
@@ -186,6 +190,7 @@ def main(argv=None):
     ap.add_argument("--channels", default=",".join(map(str, UNET_CHANNELS)))
     ap.add_argument("--attention", default=",".join(map(str, ATTENTION_LEVELS)),
                     help="levels (0 = 16x16) with cross-attention blocks")
+    ap.add_argument("--heads", type=int, default=HEADS, help="attention heads per transformer block")
     ap.add_argument("--text-layers", type=int, default=TEXT_LAYERS)
     ap.add_argument("--sample-every", type=int, default=SAMPLE_EVERY)
     ap.add_argument("--export-only", action="store_true", help="export latest checkpoint as pipeline")
@@ -222,7 +227,7 @@ def main(argv=None):
 
     tok = build_tokenizer()
     unet = make_unet(tuple(int(c) for c in a.channels.split(",")),
-                     attention=tuple(int(c) for c in a.attention.split(","))).to(dev)
+                     attention=tuple(int(c) for c in a.attention.split(",")), heads=a.heads).to(dev)
     te = make_text_encoder(tok, layers=a.text_layers).to(dev)
     unet_params, te_params = list(unet.parameters()), list(te.parameters())
     params = unet_params + te_params
