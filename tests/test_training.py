@@ -168,6 +168,22 @@ def test_unet_continuation_with_layout_knobs(tiny):
     assert ck["step"] == 2 and (out / "DONE").read_text() == "2"  # --stop-at finishes the stage early
 
 
+def test_unet_head_count_follows_the_checkpoint_and_the_init_folder(tiny):
+    """--heads changes no weight shape, so resuming, exporting or continuing must keep the head count
+    the weights were trained with, whatever --heads says then."""
+    from diffusers import UNet2DConditionModel
+    from training import train_unet
+    out, cont = tiny.parent / "unet-heads", tiny.parent / "unet-heads-cont"
+    common = ["--vae", str(tiny.parent / "vae" / "final"), "--steps", "4", "--batch", "4", "--n-train", "12",
+              "--channels", "16,16,32", "--text-layers", "1", "--sample-every", "0", "--threads", "1"]
+    train_unet.main(["--out", str(out), "--heads", "2", "--stop-at", "1", "--no-export"] + common)
+    assert torch.load(out / "ckpt.pt", weights_only=True)["heads"] == 2
+    train_unet.main(["--out", str(out), "--export-only", "--pipeline-out", str(out / "pipe")] + common)
+    assert UNet2DConditionModel.load_config(str(out / "pipe"), subfolder="unet")["attention_head_dim"] == 2
+    train_unet.main(["--out", str(cont), "--init", str(out / "pipe"), "--stop-at", "1", "--no-export"] + common)
+    assert torch.load(cont / "ckpt.pt", weights_only=True)["heads"] == 2
+
+
 def test_foreground_weights_mark_the_shape_cells_and_their_neighbours():
     from training.train_unet import foreground_weights
     x0 = torch.randn(2, 4, 1, 1).expand(2, 4, 16, 16).clone()  # flat backgrounds

@@ -190,7 +190,9 @@ def main(argv=None):
     ap.add_argument("--channels", default=",".join(map(str, UNET_CHANNELS)))
     ap.add_argument("--attention", default=",".join(map(str, ATTENTION_LEVELS)),
                     help="levels (0 = 16x16) with cross-attention blocks")
-    ap.add_argument("--heads", type=int, default=HEADS, help="attention heads per transformer block")
+    ap.add_argument("--heads", type=int, default=HEADS,
+                    help="attention heads per transformer block (from scratch only: a checkpoint or --init "
+                         "folder keeps its own)")
     ap.add_argument("--text-layers", type=int, default=TEXT_LAYERS)
     ap.add_argument("--sample-every", type=int, default=SAMPLE_EVERY)
     ap.add_argument("--export-only", action="store_true", help="export latest checkpoint as pipeline")
@@ -226,15 +228,24 @@ def main(argv=None):
     done_flag = os.path.join(a.out, "DONE")
 
     tok = build_tokenizer()
+    ck = load_ckpt(os.path.join(a.out, "ckpt.pt"))
+    # the head count changes no weight shape, so weights of another head count would load silently into
+    # a different model: a checkpoint or --init folder keeps its own
+    heads = a.heads
+    if ck:
+        heads = ck.get("heads", HEADS)  # checkpoints from before --heads all had the default
+    elif a.init:
+        heads = UNet2DConditionModel.load_config(a.init, subfolder="unet")["attention_head_dim"]
+    if heads != a.heads:
+        print(f"using the {heads} attention heads of the checkpoint / --init model (--heads {a.heads} ignored)")
     unet = make_unet(tuple(int(c) for c in a.channels.split(",")),
-                     attention=tuple(int(c) for c in a.attention.split(",")), heads=a.heads).to(dev)
+                     attention=tuple(int(c) for c in a.attention.split(",")), heads=heads).to(dev)
     te = make_text_encoder(tok, layers=a.text_layers).to(dev)
     unet_params, te_params = list(unet.parameters()), list(te.parameters())
     params = unet_params + te_params
     opt = torch.optim.AdamW([{"params": unet_params, "mult": 1.0}, {"params": te_params, "mult": a.te_lr_mult}],
                             lr=a.lr, weight_decay=0.01, fused=dev.type == "cuda")
     step = 0
-    ck = load_ckpt(os.path.join(a.out, "ckpt.pt"))
     if a.init and not ck:
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(a.init, subfolder="unet").state_dict())
         te.load_state_dict(CLIPTextModel.from_pretrained(a.init, subfolder="text_encoder").state_dict())
@@ -268,12 +279,12 @@ def main(argv=None):
     for step in pbar:
         if a.stop_at is not None and step >= a.stop_at:
             save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
-                      opt=opt.state_dict(), step=step)
+                      opt=opt.state_dict(), step=step, heads=heads)
             finished_at = step
             break
         if a.max_minutes and clock.minutes() > a.max_minutes:
             save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
-                      opt=opt.state_dict(), step=step)
+                      opt=opt.state_dict(), step=step, heads=heads)
             print(f"stopped early at step {step} of {a.steps} (--max-minutes {a.max_minutes})", flush=True)
             finished_at = None
             break
@@ -306,7 +317,7 @@ def main(argv=None):
             pbar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % ckpt_every == 0 or step + 1 == a.steps:
             save_ckpt(os.path.join(a.out, "ckpt.pt"), unet=unet.state_dict(), te=te.state_dict(),
-                      opt=opt.state_dict(), step=step + 1)
+                      opt=opt.state_dict(), step=step + 1, heads=heads)
         if a.sample_every and ((step + 1) % a.sample_every == 0 or step + 1 == a.steps):
             unet.eval(); te.eval()
             vae = AutoencoderKL.from_pretrained(a.vae)
