@@ -158,7 +158,7 @@ def test_unet_continuation_with_layout_knobs(tiny):
     train_unet.main(["--init", str(tiny / "denoise-tiny"), "--out", str(out), "--vae", str(tiny.parent / "vae" / "final"),
                      "--steps", "6", "--stop-at", "2", "--batch", "4", "--n-train", "12", "--channels", "16,16,32",
                      "--text-layers", "1", "--sample-every", "0", "--threads", "1", "--no-export", "--p-pos", "1", "--p-size", "1",
-                     "--te-lr-mult", "3", "--t-high-frac", "0.5", "--fg-weight", "4"])
+                     "--te-lr-mult", "3", "--t-high-frac", "0.5", "--fg-weight", "4", "--snr-gamma", "5"])
     data = torch.load(out / "data_12_pos1_size1.pt", weights_only=True)
     assert all(any(p in c for p in POSITION_PHRASES.values()) and ("small" in c or "large" in c)
                for c in data["captions"])
@@ -192,6 +192,22 @@ def test_foreground_weights_mark_the_shape_cells_and_their_neighbours():
     assert w.shape == (2, 1, 16, 16)
     assert (w[0, 0, 4:8, 8:12] == 4).all() and w[0].sum() == 16 * 16 + 3 * 16  # shape + one-cell ring
     assert (w[1] == 1).all()                                                  # no shape: plain MSE
+
+
+def test_min_snr_weights_favour_the_middle_of_the_schedule():
+    """--snr-gamma: mid-noise timesteps weigh most; the noisiest (snr 0 at zero terminal SNR, where the
+    background is decided) and the cleanest keep the floor instead of vanishing."""
+    from diffusers import DDPMScheduler
+    from training.train_unet import SCHEDULER_KW, min_snr_weights
+    acp = DDPMScheduler(**SCHEDULER_KW).alphas_cumprod
+    w = min_snr_weights(acp, 5.0, floor=0.2)
+    assert w.shape == (1000,) and float(w.min()) == pytest.approx(0.2)
+    assert float(w[999]) == pytest.approx(0.2) and float(w[0]) == pytest.approx(0.2)
+    peak = int(w.argmax())
+    assert 100 < peak < 400 and float(w[peak]) > 0.7             # snr near gamma: 5 / 6 at most
+    snr = acp / (1 - acp)
+    mid = (snr > 0.5) & (snr < 50)
+    assert torch.allclose(w[mid], (snr.clamp(max=5.0) / (snr + 1))[mid].clamp(min=0.2))
 
 
 def test_decoder_finetune_keeps_the_latent_space(tiny):

@@ -50,6 +50,11 @@ P_TWO = 0.35
 # from the picture's background latent (median cell) by more than FG_THRESH, dilated by one cell,
 # weigh FG_WEIGHT times more (1 = plain MSE, as phases 2-8 trained)
 FG_WEIGHT = 1.0
+# Min-SNR-gamma (Hang et al. 2023: ~3x faster convergence) in v-prediction form: each row of the batch
+# weighs min(snr, gamma) / (snr + 1), floored at MIN_SNR_FLOOR so the highest-noise rows, where layout
+# and background are decided (snr -> 0 at zero terminal SNR), keep a share of the gradient. 0: off
+SNR_GAMMA = 0.0
+MIN_SNR_FLOOR = 0.2
 FG_THRESH = 0.8         # on 128 pictures: every shape cell is covered; 27 % of cells marked, 15 % are shape
 UNET_CHANNELS = (32, 64, 128)
 # levels (0 = 16x16) with cross-attention. The shipped model has it at every level; (1, 2) with
@@ -162,6 +167,12 @@ def foreground_weights(x0, weight, thresh=FG_THRESH):
     return 1.0 + (weight - 1.0) * fg
 
 
+def min_snr_weights(alphas_cumprod, gamma, floor=MIN_SNR_FLOOR):
+    """Per-timestep v-prediction loss weights min(snr, gamma) / (snr + 1), floored at `floor`."""
+    snr = alphas_cumprod / (1 - alphas_cumprod).clamp_min(1e-8)
+    return (snr.clamp(max=gamma) / (snr + 1)).clamp(min=floor)
+
+
 def load_data(out, vae_dir, n, dev, bf16, chunk=0, workers=1, p_pos=P_POS, p_size=P_SIZE, p_two=P_TWO):
     tag = "" if (p_pos, p_size) == (P_POS, P_SIZE) else f"_pos{p_pos:g}_size{p_size:g}"
     tag += "" if p_two == P_TWO else f"_two{p_two:g}"
@@ -212,6 +223,8 @@ def main(argv=None):
     ap.add_argument("--p-two", type=float, default=P_TWO, help="chance of a two-shape picture in the data")
     ap.add_argument("--fg-weight", type=float, default=FG_WEIGHT,
                     help="loss weight of latent cells covered by shapes (1: plain MSE)")
+    ap.add_argument("--snr-gamma", type=float, default=SNR_GAMMA,
+                    help="min-SNR-gamma loss weighting of the timesteps (0: plain v-prediction MSE)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop early (checkpoint kept, resumable) after this long; the step reached is printed")
     ap.add_argument("--stop-at", type=int, default=None,
@@ -269,6 +282,7 @@ def main(argv=None):
     empty_ids = tokenize(tok, [""])[0].to(dev)
     sched = DDPMScheduler(**SCHEDULER_KW)
     acp = sched.alphas_cumprod.to(dev)
+    t_weight = min_snr_weights(acp, a.snr_gamma) if a.snr_gamma else None
     g = torch.Generator(dev).manual_seed(SEED + step)
     pbar = tqdm(range(step, a.steps), initial=step, total=a.steps, desc="unet", mininterval=10)
     unet.train(); te.train()
@@ -305,10 +319,13 @@ def main(argv=None):
             h = te(cond)[0]
             pred = unet(xt, t, encoder_hidden_states=h).sample.float()
         if a.fg_weight == 1.0:
-            loss = F.mse_loss(pred, v)
+            err = (pred - v) ** 2
         else:
             w = foreground_weights(x0, a.fg_weight)
-            loss = (w * (pred - v) ** 2).mean() / w.mean()
+            err = w * (pred - v) ** 2 / w.mean()
+        if t_weight is not None:
+            err = err * t_weight[t].view(-1, 1, 1, 1)
+        loss = err.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
