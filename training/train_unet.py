@@ -318,14 +318,14 @@ def main(argv=None):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             h = te(cond)[0]
             pred = unet(xt, t, encoder_hidden_states=h).sample.float()
-        if a.fg_weight == 1.0:
-            err = (pred - v) ** 2
-        else:
-            w = foreground_weights(x0, a.fg_weight)
-            err = w * (pred - v) ** 2 / w.mean()
+        err = (pred - v) ** 2
         if t_weight is not None:
             err = err * t_weight[t].view(-1, 1, 1, 1)
-        loss = err.mean()
+        if a.fg_weight == 1.0:
+            loss = err.mean()
+        else:  # the same reductions, in the same order, as the shipped lineage trained with
+            w = foreground_weights(x0, a.fg_weight)
+            loss = (w * err).mean() / w.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
