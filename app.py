@@ -14,8 +14,10 @@ import os
 import gradio as gr
 from diffusers.utils import logging as diffusers_logging
 
+from pipelines.generation import warm_up
 from pipelines.loading import EMBEDDED_MODEL, ModelManager
 from pipelines.presets import preset_names
+from pipelines.worker import set_threads
 from ui import controlnet, inpaint, model_bar, txt2img
 from ui.step_viewer import CSS
 
@@ -32,15 +34,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=env("DENOISE_DTYPE", "auto"), choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--taesd", default=env("DENOISE_TAESD"),
                         help="TAESD preview decoder: a folder in models/, a local folder or a Hub id (e.g. madebyollin/taesd)")
+    parser.add_argument("--threads", type=int, default=int(env("DENOISE_THREADS", "0")),
+                        help="torch threads for generation (0: 1 on CPUs with up to 4 cores, where the web server "
+                             "needs a core of its own; torch's default elsewhere). See bench/served_latency.py")
     parser.add_argument("--host", default=env("DENOISE_HOST", env("GRADIO_SERVER_NAME", "127.0.0.1")))
     parser.add_argument("--port", type=int, default=int(env("DENOISE_PORT", env("GRADIO_SERVER_PORT", "7860"))))
     parser.add_argument("--share", action="store_true", default=env("DENOISE_SHARE", "") == "1")
     return parser.parse_args(argv)
 
 
+def default_threads(device: str) -> int:
+    """Measured (bench/served_latency.py): on a small CPU, torch threads on every core fight the web
+    server for them, and one thread served faster; bigger machines keep torch's default."""
+    cores = os.cpu_count() or 1
+    return 1 if device == "cpu" and cores <= 4 else 0
+
+
 def build_app(manager: ModelManager) -> gr.Blocks:
     with gr.Blocks(title="Denoise Studio", delete_cache=(600, 3600)) as demo:
-        gr.Markdown("# Denoise Studio\nWatch noise become a picture, one denoising step at a time.")
+        gr.Markdown("# Denoise Studio\nWatch noise become a picture, one denoising step at a time.",
+                    elem_classes="ds-title")
         model_choice = model_bar.build(manager)
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
@@ -71,7 +84,8 @@ def main(argv=None):
     diffusers_logging.set_verbosity_error()
     manager = ModelManager(default=args.model, device=args.device, dtype=args.dtype, allow_any_path=True,
                            taesd=args.taesd)
-    manager.get()  # load before serving, so the first visitor does not wait
+    set_threads(args.threads or default_threads(manager.device))
+    warm_up(manager.get())  # load and run once before serving, so the first visitor does not wait
     demo = build_app(manager)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
                 css=CSS, footer_links=["api"])

@@ -4,7 +4,7 @@ Prints ratios measured in this one run (runs interleaved, medians), so a noisy m
 both sides alike. It also times bare `pipe()` before the app's path has ever run in this process:
 work the app leaves behind (a second OpenMP team, say) would make every later run slower, and the
 interleaved ratios alone would hide that.
-    python bench/preview_overhead.py [--model denoise-tiny] [--steps 25] [--repeats 7]
+    python bench/preview_overhead.py [--model denoise-tiny] [--steps 25] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
-from pipelines.generation import GenerationRequest, run  # noqa: E402
-from pipelines.worker import WORKERS  # noqa: E402
+from pipelines.generation import GenerationRequest, decoder_names, preview_decoder, run  # noqa: E402
 from pipelines.loading import ModelManager  # noqa: E402
-from pipelines.previews import LINEAR_DECODERS  # noqa: E402
 from pipelines.schedulers import make_scheduler  # noqa: E402
+from pipelines.worker import WORKERS, on_worker, set_threads  # noqa: E402
 
 PROMPT = "a large red circle on the left and a blue star on a white background"
 
@@ -38,8 +37,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     diffusers_logging.set_verbosity_error()
     model = ModelManager(args.model, allow_any_path=True).get()
     pipe_class = type(model.pipe)
@@ -52,14 +50,13 @@ def main():
         WORKERS.submit(pipe, PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance,
                        generator=torch.Generator("cpu").manual_seed(0)).result()
 
-    def app_linear():
-        run(model, pipe_class, GenerationRequest(**request, preview_every=1, preview_decoder="linear approximation"))
+    def app_with(decoder):
+        return lambda: run(model, pipe_class, GenerationRequest(**request, preview_every=1, preview_decoder=decoder))
 
-    def app_full():
-        run(model, pipe_class, GenerationRequest(**request, preview_every=1, preview_decoder="full VAE"))
-
-    cases = {"bare pipe()": bare, "app, linear previews every step": app_linear,
-             "app, full-VAE previews every step": app_full}
+    cases = {"bare pipe()": bare,
+             "app, no previews": lambda: run(model, pipe_class, GenerationRequest(**request, preview_every=0))}
+    for name in decoder_names(model):
+        cases[f"app, {name} previews every step"] = app_with(name)
     bare()  # warm-up
     fresh = []
     for _ in range(args.repeats):
@@ -84,12 +81,21 @@ def main():
     print(f"  bare pipe() before the app ever ran  {before * 1000:8.1f} ms   "
           f"after / before {base / before:.3f} (1.0: the app leaves nothing behind that slows later runs)")
 
-    decoder = LINEAR_DECODERS.get(model.pipe.vae)
-    latents = torch.randn(3, 4, model.default_size // model.vae_scale_factor, model.default_size // model.vae_scale_factor)
-    start, n = time.perf_counter(), 200
-    for _ in range(n):
-        decoder(latents)
-    print(f"  linear approximate decode: {(time.perf_counter() - start) / n / 3 * 1000:.3f} ms per picture")
+    side = model.default_size // model.vae_scale_factor
+    latents = torch.randn(1, model.pipe.unet.config.in_channels, side, side)
+    for name in decoder_names(model):
+        decoder = on_worker(preview_decoder, model, name)
+
+        def timed(n=200):
+            with torch.inference_mode():
+                for _ in range(5):
+                    decoder(latents)
+                start = time.perf_counter()
+                for _ in range(n):
+                    decoder(latents)
+                return (time.perf_counter() - start) / n
+
+        print(f"  {name} decode, one {model.default_size}px picture: {on_worker(timed) * 1000:.3f} ms")
 
 
 if __name__ == "__main__":

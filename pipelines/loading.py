@@ -45,6 +45,7 @@ class LoadedModel:
     dtype: torch.dtype
     derived: dict = field(default_factory=dict)  # pipeline class -> pipeline sharing components
     taesd: object = None  # optional AutoencoderTiny for fast previews
+    cache: dict = field(default_factory=dict)  # things computed once for this model (fitted preview map, …)
     _loras: object = None
 
     @property
@@ -201,6 +202,14 @@ def load_taesd(source: str, device: str, dtype: torch.dtype, allow_any_path: boo
         raise ModelLoadError(f"Could not load the TAESD decoder {source}: {str(error).splitlines()[0]}") from error
 
 
+def own_taesd(source: str) -> str | None:
+    """The TAESD preview decoder shipped for a model in models/ (`models/<name>-taesd`), if any."""
+    folder = Path(source)
+    if folder.parent == MODELS_DIR and (MODELS_DIR / f"{folder.name}-taesd" / "config.json").is_file():
+        return f"{folder.name}-taesd"
+    return None
+
+
 class ModelManager:
     """Keeps the loaded model(s); one load at a time, nothing loaded twice.
 
@@ -221,6 +230,10 @@ class ModelManager:
         self._lock = threading.Lock()
 
     def get(self, name: str | None = None, progress: Callable[[float, str], None] | None = None) -> LoadedModel:
+        with self._lock:  # a loaded model is a lookup: no trip to the (maybe busy) torch thread
+            model = self._models.get((name or self.default).strip())
+        if model is not None:
+            return model
         return on_worker(self._get, name, progress)  # loading is torch work too: keep it on one thread
 
     def _get(self, name: str | None, progress: Callable[[float, str], None] | None) -> LoadedModel:
@@ -230,8 +243,9 @@ class ModelManager:
                 self._models[name] = self._models.pop(name)  # mark most recently used
                 return self._models[name]
             model = load_model(name, self.device, self.dtype, self.allow_any_path, progress)
-            if self.taesd:
-                model.taesd = load_taesd(self.taesd, model.device, model.dtype, self.allow_any_path)
+            taesd = self.taesd or own_taesd(model.source)
+            if taesd:
+                model.taesd = load_taesd(taesd, model.device, model.dtype, self.allow_any_path)
             self._models[name] = model
             while len(self._models) > self.keep:
                 self._models.pop(next(iter(self._models)))

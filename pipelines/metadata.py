@@ -26,6 +26,8 @@ def infotext(settings: dict) -> str:
         "Size": f"{settings.get('width')}x{settings.get('height')}",
         "Model": settings.get("model"),
     }
+    if settings.get("steps_run"):
+        fields["Stopped at step"] = settings["steps_run"]
     for key in ("strength", "controlnet", "loras"):
         if settings.get(key) not in (None, "", []):
             fields[key.capitalize()] = settings[key]

@@ -1,9 +1,16 @@
+import os
 import socket
+import tempfile
 
-import pytest
+# Before anything imports huggingface_hub (it reads these once, at import): offline tests fail fast
+# instead of waiting for network timeouts, and fitted preview maps go to a fresh folder.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("DENOISE_CACHE", tempfile.mkdtemp(prefix="denoise-cache-"))
 
-from pipelines.loading import LoadedModel, ModelManager
-from pipelines.tiny import tiny_pipeline
+import pytest  # noqa: E402
+
+from pipelines.loading import LoadedModel, ModelManager  # noqa: E402
+from pipelines.tiny import tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from pipelines.generation import GenerationError, GenerationRequest, GenerationResult, StepEvent, run, stream
+from pipelines.generation import (GenerationError, GenerationRequest, GenerationResult, StepEvent, decode_views, run,
+                                  stream)
 from pipelines.schedulers import make_scheduler
 
 SD = StableDiffusionPipeline
@@ -24,9 +25,37 @@ def test_stream_yields_a_step_event_per_step_then_the_result(tiny_model):
     assert [e.index for e in events] == list(range(7))
     assert events[0].noise_left == pytest.approx(1.0)  # zero-SNR schedule starts from pure noise
     assert all(a.noise_left > b.noise_left for a, b in zip(events, events[1:]))
-    for e in events:
-        assert set(e.pictures) == {"x_t", "x0", "eps"} and e.pictures["x0"].shape == (64, 64, 3)
+    for e in events:  # the watched view is decoded while running; the others when asked for
+        assert set(e.pictures) == {"x0"} and e.pictures["x0"].shape == (64, 64, 3) and e.total == 7
+        assert e.picture("eps").shape == (64, 64, 3) and set(e.pictures) == {"x0", "eps"}
     assert result.image.size == (64, 64) and result.seed == 5
+
+
+def test_views_decoded_later_equal_views_decoded_live(tiny_model):
+    """A view decoded on demand after the run is the same picture as one decoded during it."""
+    request = dict(prompt="a red circle", steps=4, seed=5, preview_decoder="linear approximation")
+    live = {view: run(tiny_model, SD, GenerationRequest(**request, view=view)).steps for view in ("x_t", "eps")}
+    later = run(tiny_model, SD, GenerationRequest(**request, view="x0")).steps
+    decode_views(later, "x_t")
+    for a, b in zip(live["x_t"], later):
+        assert np.array_equal(a.pictures["x_t"], b.pictures["x_t"])
+        assert np.array_equal(live["eps"][a.index].pictures["eps"], b.picture("eps"))
+
+
+def test_the_live_view_follows_the_user_while_running(tiny_model):
+    """The view can be switched mid-run; later steps are decoded in the new view."""
+    watched = ["x0"]
+
+    def switch_after_two(event):
+        if event.index == 1:
+            watched[0] = "eps"
+
+    events = []
+    for item in stream(tiny_model, SD, GenerationRequest(prompt="x", steps=6, seed=1), live_view=lambda: watched[0]):
+        if isinstance(item, StepEvent):
+            events.append(item)
+            switch_after_two(item)
+    assert {"x0"} <= set(events[0].pictures) and "eps" in events[-1].pictures
 
 
 def test_same_seed_same_picture_and_it_equals_a_direct_pipeline_call(tiny_model):
@@ -99,6 +128,9 @@ def test_cancel_stops_only_its_own_request(tiny_model):
     assert results["stopped"].interrupted and len(results["stopped"].steps) < 40
     assert not results["other"].interrupted and len(results["other"].steps) == 15
     assert results["stopped"].image.size == (64, 64)  # the last x̂0, decoded: no work lost
+    stopped = results["stopped"]
+    assert stopped.settings["steps_run"] == len(stopped.steps) and stopped.settings["steps"] == 40
+    assert "steps_run" not in results["other"].settings
 
 
 def test_previews_every_n_steps_and_full_vae_decoder(tiny_model):
@@ -117,7 +149,7 @@ def test_x0_preview_of_the_last_step_is_the_final_picture(tiny_model):
 def test_all_torch_work_of_a_request_runs_on_the_torch_thread(tiny_model, monkeypatch):
     """Fitting the linear preview decoder runs the VAE; done on the caller's thread it started a
     second OpenMP team that made every later generation in the process ~2x slower."""
-    from pipelines.previews import LINEAR_DECODERS, LinearDecoder
+    from pipelines.previews import LinearDecoder
     from pipelines.worker import WORKERS
 
     torch_thread = WORKERS.submit(threading.current_thread).result()
@@ -128,7 +160,40 @@ def test_all_torch_work_of_a_request_runs_on_the_torch_thread(tiny_model, monkey
         return fit(cls, vae, **kwargs)
 
     monkeypatch.setattr(LinearDecoder, "fit", classmethod(recording_fit))
-    monkeypatch.setattr(LINEAR_DECODERS, "_fitted", {})
+    monkeypatch.setattr(tiny_model, "cache", {})
+    monkeypatch.setenv("DENOISE_CACHE", str(__import__("tempfile").mkdtemp()))  # not fitted before: fit now
     result = run(tiny_model, SD, GenerationRequest(prompt="a red circle", steps=3, seed=2,
                                                    preview_decoder="linear approximation"))
     assert fit_threads == [torch_thread] and result.steps[-1].pictures["x0"].shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("field, value, message", [("steps", "ten", "Steps must be a number"),
+                                                    ("steps", float("nan"), "finite"),
+                                                    ("seed", "x", "Seed must be a number"),
+                                                    ("view", "noise", "Unknown view"),
+                                                    ("preview_decoder", "TAESD", "not available")])
+def test_bad_values_name_the_setting(tiny_model, field, value, message):
+    request = GenerationRequest(prompt="x", steps=3)
+    setattr(request, field, value)
+    with pytest.raises(GenerationError, match=message):
+        run(tiny_model, SD, request)
+
+
+def test_fractional_steps_and_seed_are_noted_not_silently_changed(tiny_model):
+    result = run(tiny_model, SD, GenerationRequest(prompt="x", steps=2.5, seed=1.5))
+    assert len(result.steps) == 2 and result.seed == 1
+    assert any("steps 2.5 → 2" in n for n in result.notes) and any("seed 1.5 → 1" in n for n in result.notes)
+
+
+def test_linear_map_is_fitted_once_and_kept_on_disk(tiny_model, monkeypatch, tmp_path):
+    from pipelines.generation import linear_decoder
+    from pipelines.worker import on_worker
+
+    monkeypatch.setenv("DENOISE_CACHE", str(tmp_path))
+    monkeypatch.setattr(tiny_model, "cache", {})
+    first = on_worker(linear_decoder, tiny_model)
+    assert on_worker(linear_decoder, tiny_model) is first  # the model keeps it: no refit, no hashing
+    assert len(list(tmp_path.glob("linear-preview-*.json"))) == 1
+    monkeypatch.setattr(tiny_model, "cache", {})  # a restart: read back from disk, same map
+    again = on_worker(linear_decoder, tiny_model)
+    assert again is not first and torch.equal(again.weight, first.weight)

@@ -8,11 +8,10 @@ from PIL import Image
 from pipelines.controlnet import (CANNY_DEFAULT, EMBEDDED_CONTROLNET, HUB_PREPROCESSORS, controlnet_stream,
                                   list_controlnets, load_controlnet, preprocess,
                                   preprocessor_names)
-from pipelines.generation import GenerationRequest
 from pipelines.inputs import prepare_picture
 from ui.controls import GenerationControls, user_error
 from ui.lora_panel import LoraPanel
-from ui.runner import MODEL_GROUP, api_stream, result_image, to_viewer, wire_stop
+from ui.runner import MODEL_GROUP, api_preview_inputs, api_request, api_stream, result_image, to_viewer, wire_stop
 from ui.step_viewer import StepViewer
 
 TAB = "controlnet"
@@ -29,8 +28,8 @@ def make_control(model, picture, preprocessor, low, high, target_side=None) -> t
 
 def build(manager, model_choice: gr.Dropdown) -> dict:
     model = manager.get()
-    with gr.Row():
-        with gr.Column(scale=2, min_width=320):
+    with gr.Row(elem_classes="ds-main"):
+        with gr.Column(scale=2, min_width=320, elem_classes="ds-col"):
             with gr.Row():
                 picture = gr.Image(label="Control picture (upload, or send a result here)", type="pil",
                                    image_mode=None, sources=["upload", "clipboard"], height=220,
@@ -48,13 +47,13 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                 scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Conditioning scale")
                 start = gr.Slider(0, 1, value=0.0, step=0.05, label="Control from")
                 end = gr.Slider(0, 1, value=1.0, step=0.05, label="Control until")
-            controls = GenerationControls(TAB, model.size_multiple, model.default_size,
+            controls = GenerationControls(TAB, model,
                                           prompt_placeholder="colours and kinds for the shapes in the control picture")
             lora = LoraPanel(TAB, manager, model_choice)
-        with gr.Column(scale=3, min_width=360):
+        with gr.Column(scale=3, min_width=360, elem_classes="ds-col"):
             viewer = StepViewer(TAB)
             result = result_image(TAB)
-            info = gr.Markdown()
+            info = gr.Markdown(elem_id=f"{TAB}-info")
 
     def show_control(model_name, picture_value, preprocessor_value, low_value, high_value):
         if picture_value is None:
@@ -75,13 +74,14 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                                     preview_every, preview_decoder, step_delay_ms)
         settings.loras = [tuple(entry) for entry in loras or []]
 
-        def begin(flag):
+        def begin(control):
             loaded = manager.get(model_name)
-            control, notes = make_control(loaded, picture_value, preprocessor_value, low_value, high_value,
-                                          max(settings.width, settings.height))
+            picture_for_model, notes = make_control(loaded, picture_value, preprocessor_value, low_value, high_value,
+                                                    max(settings.width, settings.height))
             controlnet = load_controlnet(loaded, controlnet_value)
-            return controlnet_stream(loaded, settings, [control], [controlnet], [scale_value], start_value,
-                                     end_value, flag, names=[controlnet_value], notes=notes)
+            return controlnet_stream(loaded, settings, [picture_for_model], [controlnet], [float(scale_value)],
+                                     float(start_value), float(end_value), control.cancel, names=[controlnet_value],
+                                     notes=notes)
 
         yield from to_viewer(begin, TAB, view, request)
 
@@ -98,11 +98,12 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                    low_threshold: int = CANNY_DEFAULT[0], high_threshold: int = CANNY_DEFAULT[1],
                    controlnet_model: str = EMBEDDED_CONTROLNET, conditioning_scale: float = 1.0,
                    control_start: float = 0.0, control_end: float = 1.0, scheduler: str = "model default",
-                   loras: list | None = None):
-        """Generate following a control picture; streams previews, then the final PNG and settings."""
-        request = GenerationRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", steps=int(steps),
-                                    guidance_scale=float(guidance_scale), seed=int(-1 if seed is None else seed),
-                                    scheduler=scheduler, loras=[tuple(e) for e in loras or []])
+                   loras: list | None = None, preview_every: int = 1, preview_decoder: str = "auto",
+                   view: str = "x0"):
+        """Generate following a control picture; streams previews of `view` (every `preview_every` steps,
+        decoded by `preview_decoder`), then the final PNG and settings."""
+        request = api_request(prompt, negative_prompt, steps, guidance_scale, seed, 0, 0, scheduler, loras,
+                              preview_every, preview_decoder, view)
 
         def run():
             loaded = manager.get()
@@ -111,13 +112,13 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                                          [float(conditioning_scale)], float(control_start), float(control_end),
                                          names=[controlnet_model], notes=notes)
 
-        yield from api_stream(run())
+        yield from api_stream(run(), request.view)
 
     api_control = gr.Image(visible=False, type="pil", image_mode=None)
     gr.Button(visible=False).click(
         controlnet, [controls.prompt, api_control, controls.negative_prompt, controls.steps, controls.guidance_scale,
                      controls.seed, preprocessor, low, high, controlnet_name, scale, start, end, controls.scheduler,
-                     gr.JSON(visible=False)],
+                     gr.JSON(visible=False), *api_preview_inputs()],
         [gr.Image(visible=False, type="pil", format="png"), gr.JSON(visible=False)], api_name="controlnet",
         concurrency_id=MODEL_GROUP)
     return {"picture": picture, "controls": controls, "viewer": viewer, "result": result}

@@ -6,11 +6,10 @@ import logging
 
 import gradio as gr
 
-from pipelines.generation import MAX_SEED, MAX_STEPS, GenerationError, GenerationRequest
+from pipelines.generation import MAX_SEED, MAX_STEPS, GenerationError, GenerationRequest, decoder_names
 from pipelines.loading import ModelLoadError
 from pipelines.lora import LoraError
 from pipelines.presets import PresetError, load_preset, preset_names
-from pipelines.previews import PREVIEW_DECODERS
 from pipelines.schedulers import DEFAULT_SCHEDULER, SchedulerError, scheduler_names
 
 log = logging.getLogger("denoise_studio")
@@ -29,11 +28,13 @@ class GenerationControls:
     """Creates the shared controls in the current Blocks context; `values` lists them in the
     order `request()` takes them."""
 
-    def __init__(self, tab: str, size_multiple: int, default_size: int, prompt_placeholder: str = ""):
+    def __init__(self, tab: str, model, prompt_placeholder: str = ""):
+        size_multiple, default_size, decoders = model.size_multiple, model.default_size, decoder_names(model)
         self.prompt = gr.Textbox(label="Prompt", lines=1, max_lines=6, placeholder=prompt_placeholder, autofocus=True,
-                                 info="Enter generates", elem_id=f"{tab}-prompt")
+                                 info="Enter generates", elem_id=f"{tab}-prompt",
+                                 elem_classes="ds-o1")
         self.negative_prompt = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to steer away from")
-        with gr.Row():
+        with gr.Row(elem_classes="ds-o2"):
             self.generate = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{tab}-generate")
             self.stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{tab}-stop")
         names = preset_names()
@@ -53,9 +54,14 @@ class GenerationControls:
             self.height = gr.Slider(size_multiple, 1024, value=default_size, step=size_multiple, label="Height")
         self.scheduler = gr.Dropdown(scheduler_names(), value=DEFAULT_SCHEDULER, label="Scheduler")
         with gr.Accordion("Step previews", open=False):
-            self.preview_every = gr.Slider(0, 20, value=1, step=1, label="Preview every N steps (0 = none)")
-            self.preview_decoder = gr.Radio(list(PREVIEW_DECODERS), value=PREVIEW_DECODERS[0], label="Preview decoder")
-            self.step_delay_ms = gr.Slider(0, 1000, value=0, step=10, label="Pause after each step (ms, for teaching)")
+            self.preview_every = gr.Slider(0, 20, value=1, step=1, label="Preview every N steps (0 = none)",
+                                           elem_id=f"{tab}-preview-every")
+            self.preview_decoder = gr.Radio(decoders, value=decoders[0], label="Preview decoder",
+                                            info="TAESD: a tiny learned decoder (when the model has one) · "
+                                                 "linear: a fitted colour map, fastest · full VAE: exact, slowest",
+                                            elem_id=f"{tab}-preview-decoder")
+            self.step_delay_ms = gr.Slider(0, 1000, value=0, step=10, label="Pause after each step (ms, for teaching)",
+                                           elem_id=f"{tab}-step-delay")
 
         self.dice.click(lambda: -1, None, self.seed, queue=False, api_visibility="private")
         self.reuse.click(lambda last, current: current if last is None else last, [self.last_seed, self.seed],

@@ -6,11 +6,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from pipelines.generation import GenerationError, GenerationRequest
+from pipelines.generation import GenerationError
 from pipelines.inpaint import inpaint_stream
 from ui.controls import GenerationControls
 from ui.lora_panel import LoraPanel
-from ui.runner import MODEL_GROUP, api_stream, result_image, to_viewer, wire_stop
+from ui.runner import MODEL_GROUP, api_preview_inputs, api_request, api_stream, result_image, to_viewer, wire_stop
 from ui.step_viewer import StepViewer
 
 TAB = "inpaint"
@@ -31,8 +31,8 @@ def editor_to_image_and_mask(value) -> tuple[Image.Image, Image.Image]:
 
 def build(manager, model_choice: gr.Dropdown) -> dict:
     model = manager.get()
-    with gr.Row():
-        with gr.Column(scale=2, min_width=320):
+    with gr.Row(elem_classes="ds-main"):
+        with gr.Column(scale=2, min_width=320, elem_classes="ds-col"):
             editor = gr.ImageEditor(label="Picture and mask: paint over what to repaint", type="pil",
                                     image_mode="RGBA", sources=["upload", "clipboard"], height=360,
                                     brush=gr.Brush(default_size=8, colors=["#ffffff"], color_mode="fixed"),
@@ -40,15 +40,16 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                                     elem_classes="ds-pixelated", transforms=())
             with gr.Row():
                 strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength",
-                                     info="1 repaints from pure noise; lower keeps more of what is there")
+                                     info="1 repaints from pure noise; lower keeps more of what is there",
+                                     elem_id=f"{TAB}-strength")
                 mask_blur = gr.Slider(0, 16, value=2, step=1, label="Mask blur (px)", info="feathers the edge")
-            controls = GenerationControls(TAB, model.size_multiple, model.default_size,
+            controls = GenerationControls(TAB, model,
                                           prompt_placeholder="what to paint inside the mask, e.g. a blue star")
             lora = LoraPanel(TAB, manager, model_choice)
-        with gr.Column(scale=3, min_width=360):
+        with gr.Column(scale=3, min_width=360, elem_classes="ds-col"):
             viewer = StepViewer(TAB)
             result = result_image(TAB)
-            info = gr.Markdown()
+            info = gr.Markdown(elem_id=f"{TAB}-info")
 
     def generate(model_name, editor_value, strength_value, blur_value, prompt, negative_prompt, steps,
                  guidance_scale, seed, width, height, scheduler, preview_every, preview_decoder, step_delay_ms, view,
@@ -57,9 +58,10 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
                                     preview_every, preview_decoder, step_delay_ms)
         settings.loras = [tuple(entry) for entry in loras or []]
 
-        def start(flag):
+        def start(control):
             image, mask = editor_to_image_and_mask(editor_value)
-            return inpaint_stream(manager.get(model_name), settings, image, mask, strength_value, blur_value, flag)
+            return inpaint_stream(manager.get(model_name), settings, image, mask, strength_value, blur_value,
+                                  control.cancel)
 
         yield from to_viewer(start, TAB, view, request)
 
@@ -73,18 +75,20 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
 
     def inpaint(prompt: str, image: Image.Image, mask: Image.Image, negative_prompt: str | None = None,
                 steps: int = 25, guidance_scale: float = 5.0, seed: int = -1, strength: float = 1.0,
-                mask_blur: int = 2, scheduler: str = "model default", loras: list | None = None):
-        """Repaint the white part of `mask` in `image`; streams previews, then the final PNG and settings."""
-        request = GenerationRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", steps=int(steps),
-                                    guidance_scale=float(guidance_scale), seed=int(-1 if seed is None else seed),
-                                    scheduler=scheduler, loras=[tuple(e) for e in loras or []])
-        yield from api_stream(inpaint_stream(manager.get(), request, image, mask, strength, mask_blur))
+                mask_blur: int = 2, scheduler: str = "model default", loras: list | None = None,
+                preview_every: int = 1, preview_decoder: str = "auto", view: str = "x0"):
+        """Repaint the white part of `mask` in `image`; streams previews of `view` (every `preview_every`
+        steps, decoded by `preview_decoder`), then the final PNG and settings."""
+        request = api_request(prompt, negative_prompt, steps, guidance_scale, seed, 0, 0, scheduler, loras,
+                              preview_every, preview_decoder, view)
+        yield from api_stream(inpaint_stream(manager.get(), request, image, mask, strength, mask_blur), request.view)
 
     api_image = gr.Image(visible=False, type="pil", image_mode=None)
     api_mask = gr.Image(visible=False, type="pil", image_mode=None)
     gr.Button(visible=False).click(
         inpaint, [controls.prompt, api_image, api_mask, controls.negative_prompt, controls.steps,
-                  controls.guidance_scale, controls.seed, strength, mask_blur, controls.scheduler, gr.JSON(visible=False)],
+                  controls.guidance_scale, controls.seed, strength, mask_blur, controls.scheduler, gr.JSON(visible=False),
+                  *api_preview_inputs()],
         [gr.Image(visible=False, type="pil", format="png"), gr.JSON(visible=False)], api_name="inpaint",
         concurrency_id=MODEL_GROUP)
     return {"editor": editor, "controls": controls, "viewer": viewer, "result": result}

@@ -9,12 +9,12 @@ from ui.controls import user_error
 
 
 def build(manager) -> gr.Dropdown:
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_classes="ds-model-bar"):
         choices = sorted(set(list_local_models()) | {manager.default})
         model = gr.Dropdown(choices, value=manager.default, allow_custom_value=True, scale=4,
                             label="Model", info="a model in models/, or a Hugging Face Hub id such as owner/name")
         load = gr.Button("Load", scale=1)
-        status = gr.Markdown(describe(manager, manager.default))
+        status = gr.Markdown(describe(manager, manager.default), elem_classes="ds-model-status")
 
     def load_model(name, progress=gr.Progress(track_tqdm=True)):
         try:

@@ -6,11 +6,11 @@ import time
 
 import gradio as gr
 
-from pipelines.generation import GenerationResult
+from pipelines.generation import GenerationRequest, GenerationResult
 from pipelines.metadata import attach, infotext
 from ui import runs
 from ui.controls import user_error
-from ui.step_viewer import LIVE_EVERY_S, StepViewer
+from ui.step_viewer import LIVE_EVERY_S, VIEW_LABELS, StepViewer
 
 MODEL_GROUP = "model"  # every event that runs the model shares this concurrency group
 
@@ -23,28 +23,34 @@ def result_info(result: GenerationResult) -> str:
 def result_image(tab: str) -> gr.Image:
     """The finished picture; a PNG download keeps the settings in its text chunks."""
     return gr.Image(label="Result (PNG with settings)", type="pil", format="png", interactive=False,
-                    elem_classes="ds-pixelated", height=200, elem_id=f"{tab}-result")
+                    elem_classes=["ds-pixelated", "ds-fill"], height=320, elem_id=f"{tab}-result")
 
 
-def to_viewer(start_stream, tab: str, view: str, request: gr.Request):
-    """Run `start_stream(cancel_flag)` and yield updates for `StepViewer.outputs + [result, info, last_seed]`.
+def to_viewer(start_stream, tab: str, view_label: str, request: gr.Request):
+    """Run `start_stream(control)` and yield updates for `StepViewer.outputs + [result, info, last_seed]`.
 
-    Live pictures are throttled to what a browser can show; every step is still kept for scrubbing.
+    `control` (ui/runs.py) carries this run's cancel flag and the view the user is watching. The
+    first update clears the previous run, so a failed run never leaves another run's picture on
+    screen as if it were its own. Live pictures are throttled to what a browser can show; every
+    step is still kept for scrubbing.
     """
-    flag = runs.start(request, tab)
+    control = runs.start(request, tab, VIEW_LABELS[view_label])
     try:
+        yield (*StepViewer.clear("starting …"), None, "", gr.skip())
         last_yield = 0.0
-        for item in start_stream(flag):
+        for item in start_stream(control):
             if isinstance(item, GenerationResult):
                 attach(item.image, item.settings)
-                yield (*StepViewer.final_update(item, view), item.image, result_info(item), item.seed)
+                yield (*StepViewer.final_update(item, control.view), item.image, result_info(item), item.seed)
             elif time.perf_counter() - last_yield >= LIVE_EVERY_S or item.index == item.total - 1:
                 last_yield = time.perf_counter()
-                yield (*StepViewer.live_update(item, view), gr.skip(), gr.skip(), gr.skip())
+                yield (*StepViewer.live_update(item, control.view), gr.skip(), gr.skip(), gr.skip())
     except Exception as error:  # shown to the user as a message, never a stack trace
-        raise user_error(error) from None
+        message = user_error(error)
+        yield (*StepViewer.clear(f"failed: {message.message}"), None, f"**Failed:** {message.message}", gr.skip())
+        raise message from None
     finally:
-        runs.finish(request, tab, flag)
+        runs.finish(request, tab, control)
 
 
 def wire_stop(button: gr.Button, tab: str) -> None:
@@ -55,17 +61,34 @@ def wire_stop(button: gr.Button, tab: str) -> None:
     button.click(stop, None, None, queue=False, api_visibility="private")
 
 
-def api_stream(stream, final_only: bool = False):
-    """For API endpoints: (x̂0 preview, step info) per previewed step, then (final PNG, settings)."""
+def api_stream(stream, view: str = "x0"):
+    """For API endpoints: (preview of `view`, step numbers) per previewed step, then (final PNG, settings)."""
     from PIL import Image
 
     try:
         for item in stream:
             if isinstance(item, GenerationResult):
                 yield attach(item.image, item.settings), {**item.settings, "notes": item.notes, "final": True}
-            elif item.pictures and not final_only:
-                yield Image.fromarray(item.pictures["x0"]), {"step": item.index, "total": item.total,
-                                                             "timestep": item.timestep,
-                                                             "noise_left": item.noise_left, "final": False}
+            elif view in item.pictures:
+                yield Image.fromarray(item.pictures[view]), {
+                    "step": item.index, "total": item.total, "view": view, "timestep": item.timestep,
+                    "sigma": item.sigma, "alpha_bar": item.alpha_bar, "noise_left": item.noise_left, "final": False}
     except Exception as error:
         raise user_error(error) from None
+
+
+def api_preview_inputs() -> list:
+    """Hidden inputs for the API's preview_every, preview_decoder and view (free values, checked later)."""
+    return [gr.Number(1, visible=False, precision=None), gr.Textbox("auto", visible=False),
+            gr.Textbox("x0", visible=False)]
+
+
+def api_request(prompt, negative_prompt, steps, guidance_scale, seed, width, height, scheduler, loras,
+                preview_every=1, preview_decoder="auto", view="x0") -> GenerationRequest:
+    """An API call's settings as a request; numbers are checked and coerced by `check_request`."""
+    return GenerationRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", steps=steps,
+                             guidance_scale=guidance_scale, seed=-1 if seed is None else seed,
+                             width=width or 0, height=height or 0, scheduler=scheduler or "model default",
+                             loras=[tuple(e) for e in loras or []],
+                             preview_every=1 if preview_every is None else preview_every,
+                             preview_decoder=preview_decoder or "auto", view=view or "x0")

@@ -1,4 +1,5 @@
-"""One cancel flag per browser session and tab, so Stop stops only its own user's run."""
+"""One control per browser session and tab for the run going on: Stop stops only its own user's
+run, and a view switch changes only what that run decodes live."""
 
 from __future__ import annotations
 
@@ -6,7 +7,19 @@ import threading
 
 import gradio as gr
 
-_flags: dict[tuple[str, str], threading.Event] = {}
+
+class RunControl:
+    """What a user can change while their run goes on."""
+
+    def __init__(self, view: str):
+        self.cancel = threading.Event()
+        self.view = view  # "x_t", "x0" or "eps": decoded live at each step
+
+    def watched(self) -> str:
+        return self.view
+
+
+_controls: dict[tuple[str, str], RunControl] = {}
 _lock = threading.Lock()
 
 
@@ -14,25 +27,29 @@ def _key(request: gr.Request | None, tab: str) -> tuple[str, str]:
     return (getattr(request, "session_hash", None) or "no-session", tab)
 
 
-def start(request: gr.Request | None, tab: str) -> threading.Event:
-    """A fresh flag for a run that is starting (any older flag of this session/tab is dropped)."""
-    flag = threading.Event()
+def start(request: gr.Request | None, tab: str, view: str) -> RunControl:
+    """A fresh control for a run that is starting (any older one of this session/tab is dropped)."""
+    control = RunControl(view)
     with _lock:
-        _flags[_key(request, tab)] = flag
-    return flag
+        _controls[_key(request, tab)] = control
+    return control
+
+
+def current(request: gr.Request | None, tab: str) -> RunControl | None:
+    with _lock:
+        return _controls.get(_key(request, tab))
 
 
 def stop(request: gr.Request | None, tab: str) -> bool:
-    """Set the flag of this session's running run in this tab; False when none is running."""
-    with _lock:
-        flag = _flags.get(_key(request, tab))
-    if flag is None or flag.is_set():
+    """Stop this session's running run in this tab; False when none is running."""
+    control = current(request, tab)
+    if control is None or control.cancel.is_set():
         return False
-    flag.set()
+    control.cancel.set()
     return True
 
 
-def finish(request: gr.Request | None, tab: str, flag: threading.Event) -> None:
+def finish(request: gr.Request | None, tab: str, control: RunControl) -> None:
     with _lock:
-        if _flags.get(_key(request, tab)) is flag:
-            del _flags[_key(request, tab)]
+        if _controls.get(_key(request, tab)) is control:
+            del _controls[_key(request, tab)]
