@@ -53,6 +53,34 @@ def test_txt2img_bad_input_gives_a_message_not_a_crash(client):
     assert ok["seed"] == 1
 
 
+def test_txt2img_streams_the_view_asked_for_every_n_steps(client):
+    """`view` and `preview_every` choose what streams; `preview_every=0` streams only the result."""
+    args = dict(prompt="a red circle on a white background", steps=6, seed=4, api_name="/txt2img")
+    x0 = client.submit(**args, view="x0")
+    eps = client.submit(**args, view="eps", preview_every=2, preview_decoder="full VAE")
+    none = client.submit(**args, preview_every=0)
+    x0.result(), eps.result(), none.result()
+    x0_steps = [info for _, info in x0.outputs() if not info["final"]]
+    eps_steps = [(path, info) for path, info in eps.outputs() if not info["final"]]
+    assert [info["step"] for _, info in eps_steps] == [0, 2, 4, 5]  # and always the last step
+    assert all(info["view"] == "eps" for _, info in eps_steps) and all(i["view"] == "x0" for i in x0_steps)
+    # ε̂ looks like noise, x̂0 like the picture: the last ε̂ frame is far from the final picture
+    final = np.asarray(Image.open(eps.outputs()[-1][0]).convert("RGB")).astype(int)
+    assert np.abs(np.asarray(Image.open(eps_steps[-1][0]).convert("RGB")).astype(int) - final).mean() > 20
+    assert len(none.outputs()) == 1 and none.outputs()[0][1]["final"]
+
+
+def test_api_totals_and_previews_for_strength_below_one(client, tmp_path):
+    picture = Image.new("RGB", (64, 64), "white")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    job = client.submit(prompt="a blue star", image=save(picture, tmp_path / "p.png"), mask=save(mask, tmp_path / "m.png"),
+                        steps=25, strength=0.6, seed=1, api_name="/inpaint")
+    job.result()
+    steps = [info for _, info in job.outputs() if not info["final"]]
+    assert len(steps) == 15 and {s["total"] for s in steps} == {15}  # 25 steps × strength 0.6
+
+
 def save(image, path):
     image.save(path)
     return handle_file(str(path))

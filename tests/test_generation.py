@@ -197,3 +197,11 @@ def test_linear_map_is_fitted_once_and_kept_on_disk(tiny_model, monkeypatch, tmp
     monkeypatch.setattr(tiny_model, "cache", {})  # a restart: read back from disk, same map
     again = on_worker(linear_decoder, tiny_model)
     assert again is not first and torch.equal(again.weight, first.weight)
+
+
+def test_a_request_pipeline_never_touches_the_shared_one(tiny_model):
+    shared = tiny_model.derive(SD)
+    scheduler, config = shared.scheduler, dict(shared.config)
+    run(tiny_model, SD, GenerationRequest(prompt="x", steps=2, seed=1, scheduler="Euler a"))
+    assert shared.scheduler is scheduler and dict(shared.config) == config
+    assert not getattr(shared, "_interrupt", False)
