@@ -205,3 +205,29 @@ def test_a_request_pipeline_never_touches_the_shared_one(tiny_model):
     run(tiny_model, SD, GenerationRequest(prompt="x", steps=2, seed=1, scheduler="Euler a"))
     assert shared.scheduler is scheduler and dict(shared.config) == config
     assert not getattr(shared, "_interrupt", False)
+
+
+def test_decoding_a_view_waits_one_step_of_another_run_not_the_whole_run(tiny_model):
+    """Scrubbing a finished run while someone else generates: the decode runs between two of their
+    steps (on the torch thread), not after their run."""
+    import time
+
+    finished = run(tiny_model, SD, GenerationRequest(prompt="x", steps=3, seed=1)).steps
+    started = threading.Event()
+    timings = {}
+
+    def long_run():
+        begin = time.perf_counter()
+        for item in stream(tiny_model, SD, GenerationRequest(prompt="y", steps=30, seed=2, step_delay_ms=50)):
+            started.set()
+        timings["long"] = time.perf_counter() - begin
+
+    thread = threading.Thread(target=long_run)
+    thread.start()
+    started.wait(10)
+    begin = time.perf_counter()
+    decode_views(finished, "x_t")
+    timings["decode"] = time.perf_counter() - begin
+    thread.join()
+    assert all("x_t" in s.pictures for s in finished)
+    assert timings["long"] > 1.5 and timings["decode"] < timings["long"] / 3, timings

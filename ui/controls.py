@@ -30,6 +30,7 @@ class GenerationControls:
 
     def __init__(self, tab: str, model, prompt_placeholder: str = ""):
         size_multiple, default_size, decoders = model.size_multiple, model.default_size, decoder_names(model)
+        self.decoders = decoders
         self.prompt = gr.Textbox(label="Prompt", lines=1, max_lines=6, placeholder=prompt_placeholder, autofocus=True,
                                  info="Enter generates", elem_id=f"{tab}-prompt",
                                  elem_classes="ds-o1")
@@ -93,6 +94,11 @@ class GenerationControls:
             value = preset.get(key)
             if key in ("width", "height") and value == 0:
                 value = None  # keep the model's native size already in the form
+            if key == "preview_decoder" and value == "auto":
+                value = self.decoders[0]
+            elif key == "preview_decoder" and value is not None and value not in self.decoders:
+                gr.Warning(f"Preset {name}: the {value} preview decoder is not loaded; keeping {self.decoders[0]}.")
+                value = None
             updates.append(gr.skip() if value is None else value)
         if preset.get("description"):
             gr.Info(f"Preset {name}: {preset['description']}")
