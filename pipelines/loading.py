@@ -186,20 +186,31 @@ def _from_pretrained(source: str, torch_dtype: torch.dtype) -> DiffusionPipeline
         ) from error
 
 
-def load_taesd(source: str, device: str, dtype: torch.dtype, allow_any_path: bool = False):
+TAESD_VARIANTS = ("taesd", "taesdxl", "taesd3", "taef1")  # madebyollin's, for SD1.x/2.x, SDXL, SD3, Flux
+
+
+def load_taesd(source: str, device: str, dtype: torch.dtype, allow_any_path: bool = False,
+               latent_channels: int | None = None):
     """TAESD preview decoder (`AutoencoderTiny`) from a folder in models/, a local folder
-    (command line only) or a Hub id; must match the model's latent space (taesd for SD1.x,
-    taesdxl for SDXL)."""
+    (command line only), a Hub id or a variant name (`TAESD_VARIANTS`, from madebyollin); it must
+    match the model's latent space (`latent_channels`: 4 for SD1.x/SDXL, 16 for SD3/Flux)."""
     from diffusers import AutoencoderTiny
 
+    if source in TAESD_VARIANTS:
+        source = f"madebyollin/{source}"
     if MODELS_DIR.is_dir() and source in {p.name for p in MODELS_DIR.iterdir() if p.is_dir()}:
         source = str(MODELS_DIR / source)
     elif not (allow_any_path and Path(source).is_dir()) and not HUB_ID.match(source):
         raise ModelLoadError(f"{source!r} is neither a folder in models/ nor a Hugging Face Hub id.")
     try:
-        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, use_safetensors=True).to(device)
+        taesd = AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, use_safetensors=True).to(device)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"Could not load the TAESD decoder {source}: {str(error).splitlines()[0]}") from error
+    if latent_channels is not None and taesd.config.latent_channels != latent_channels:
+        raise ModelLoadError(f"The TAESD decoder {source} reads {taesd.config.latent_channels}-channel latents but the "
+                             f"model makes {latent_channels}-channel ones: use one of {', '.join(TAESD_VARIANTS)} "
+                             "that matches the model's family.")
+    return taesd
 
 
 def own_taesd(source: str) -> str | None:
@@ -245,7 +256,8 @@ class ModelManager:
             model = load_model(name, self.device, self.dtype, self.allow_any_path, progress)
             taesd = self.taesd or own_taesd(model.source)
             if taesd:
-                model.taesd = load_taesd(taesd, model.device, model.dtype, self.allow_any_path)
+                model.taesd = load_taesd(taesd, model.device, model.dtype, self.allow_any_path,
+                                         latent_channels=model.pipe.vae.config.latent_channels)
             self._models[name] = model
             while len(self._models) > self.keep:
                 self._models.pop(next(iter(self._models)))

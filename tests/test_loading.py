@@ -76,3 +76,10 @@ def test_taesd_from_a_folder_decodes_previews(tmp_path, tiny_model):
         tiny_model.taesd = None
     with pytest.raises(GenerationError, match="TAESD"):
         run(tiny_model, StableDiffusionPipeline, GenerationRequest(prompt="x", steps=2, preview_decoder="TAESD"))
+
+
+def test_a_taesd_for_another_latent_space_is_refused(tmp_path):
+    AutoencoderTiny(latent_channels=16, encoder_block_out_channels=(8, 8, 8, 8),
+                    decoder_block_out_channels=(8, 8, 8, 8)).save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.raises(ModelLoadError, match="16-channel latents but the model makes 4-channel"):
+        load_taesd(str(tmp_path), "cpu", torch.float32, allow_any_path=True, latent_channels=4)
