@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=env("DENOISE_DEVICE"), help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--dtype", default=env("DENOISE_DTYPE", "auto"), choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--taesd", default=env("DENOISE_TAESD"),
-                        help="TAESD preview decoder: a folder in models/, a local folder, a Hub id, or taesd / taesdxl / taesd3 / taef1 (default: the model's own models/<name>-taesd)")
+                        help="TAESD preview decoder: a folder in models/, a local folder, a Hub id, or taesd / "
+                             "taesdxl / taesd3 / taef1 (default: the model's own models/<name>-taesd)")
     parser.add_argument("--threads", type=int, default=int(env("DENOISE_THREADS", "0")),
                         help="torch threads for generation (0: 1 on CPUs with up to 4 cores, where the web server "
                              "needs a core of its own; torch's default elsewhere). See bench/served_latency.py")

@@ -137,6 +137,23 @@ def _multi(controlnets: list[ControlNetModel]) -> MultiControlNetModel:
     return _multis[key]
 
 
+def _float(value, what: str) -> float:
+    """A setting as the Python float diffusers wants (ints, numpy numbers and numeric text accepted)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise GenerationError(f"{what} must be a number; got {value!r}.") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise GenerationError(f"{what} must be a finite number; got {value!r}.")
+    return number
+
+
+def _floats(values, what: str) -> list[float]:
+    if values is None or isinstance(values, (int, float, str)) or not hasattr(values, "__iter__"):
+        values = [values]
+    return [_float(v, what) for v in values]
+
+
 def controlnet_stream(model, request: GenerationRequest, control_images: list, controlnets: list[ControlNetModel],
                       scales: list[float], guidance_start: float = 0.0, guidance_end: float = 1.0,
                       cancel: threading.Event | None = None, names: list[str] | None = None,
@@ -147,8 +164,15 @@ def controlnet_stream(model, request: GenerationRequest, control_images: list, c
     """
     if not control_images or any(c is None for c in control_images):
         raise GenerationError("No control picture was given: upload one or send the last result here.")
+    # diffusers insists on Python floats (an int 1 from a slider or the API is refused), so coerce here
+    scales, guidance_start, guidance_end = _floats(scales, "Conditioning scale"), \
+        _float(guidance_start, "Control start"), _float(guidance_end, "Control end")
     if not 0 <= guidance_start < guidance_end <= 1:
         raise GenerationError("Control start and end must satisfy 0 ≤ start < end ≤ 1.")
+    if len(scales) != len(controlnets) or len(control_images) != len(controlnets):
+        raise GenerationError(f"Each ControlNet needs one control picture and one conditioning scale; got "
+                              f"{len(controlnets)} ControlNet(s), {len(control_images)} picture(s), "
+                              f"{len(scales)} scale(s).")
     notes, prepared = list(notes or []), []
     target = max(request.width, request.height) or None
     for control in control_images:

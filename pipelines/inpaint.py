@@ -29,19 +29,25 @@ def inpaint_stream(model, request: GenerationRequest, image, mask, strength: flo
         strength: 1 repaints the masked part from pure noise; lower keeps more of what is there.
         mask_blur: feathering radius in pixels for the edge between repainted and kept parts.
     """
-    if not 0 < float(strength) <= 1:
+    # the types diffusers and PIL want, whatever the caller sent (int 1, numpy numbers, 2.0 from a slider)
+    try:
+        strength_value, blur = float(strength), float(mask_blur)
+    except (TypeError, ValueError):
+        raise GenerationError(f"Strength and mask blur must be numbers; got {strength!r} and {mask_blur!r}.") from None
+    if not 0 < strength_value <= 1:  # also refuses NaN
         raise GenerationError(f"Strength must be above 0 and at most 1; got {strength}.")
-    if not 0 <= int(mask_blur) <= 64:
+    if not 0 <= blur <= 64:  # also refuses NaN
         raise GenerationError(f"Mask blur must be between 0 and 64 pixels; got {mask_blur}.")
+    strength, mask_blur = strength_value, int(round(blur))
     original, rgb_notes = to_rgb(image)
     picture, notes = prepare_picture(original, model, target_side=max(request.width, request.height) or None)
     notes = rgb_notes + notes
     mask, mask_notes = prepare_mask(mask, original.size, picture.size)
-    feathered = mask.filter(ImageFilter.GaussianBlur(int(mask_blur))) if mask_blur else mask
+    feathered = mask.filter(ImageFilter.GaussianBlur(mask_blur)) if mask_blur else mask
     request.width, request.height = picture.size
-    settings = dict(task="inpaint", strength=float(strength), mask_blur=int(mask_blur))
+    settings = dict(task="inpaint", strength=strength, mask_blur=mask_blur)
     for item in stream(model, AutoPipelineForInpainting, request, cancel,
-                       extra_call_args=dict(image=picture, mask_image=feathered, strength=float(strength)),
+                       extra_call_args=dict(image=picture, mask_image=feathered, strength=strength),
                        extra_settings=settings):
         if isinstance(item, GenerationResult):
             item.image = Image.composite(item.image.convert("RGB"), picture, feathered)

@@ -8,6 +8,8 @@ with (prediction type, beta schedule, zero-terminal-SNR rescaling, timestep spac
 
 from __future__ import annotations
 
+import functools
+
 import diffusers
 
 # friendly name -> (diffusers class name, config overrides)
@@ -47,7 +49,7 @@ def make_scheduler(name: str, base):
     """
     base_config = base.config
     if not name or name == DEFAULT_SCHEDULER:
-        return type(base).from_config(base_config)
+        return _starts_at_first_step(type(base).from_config(base_config))
     if name not in SCHEDULERS:
         raise SchedulerError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULERS)}.")
     class_name, overrides = SCHEDULERS[name]
@@ -57,7 +59,37 @@ def make_scheduler(name: str, base):
     ):
         # The last sigma of a zero-SNR schedule is infinite; these samplers must end on sigma 0.
         overrides = {**overrides, "final_sigmas_type": "zero"}
-    return getattr(diffusers, class_name).from_config(config, **overrides)
+    return _starts_at_first_step(getattr(diffusers, class_name).from_config(config, **overrides))
+
+
+def _starts_at_first_step(scheduler):
+    """Make a run that begins at the schedule's first timestep begin at its first step.
+
+    Schedulers with a step index find the first step by looking its timestep up in `timesteps`,
+    and when that timestep occurs twice they take the second occurrence (meant for img2img runs
+    that start mid-schedule). Karras sigmas on a zero-terminal-SNR schedule (σ_max ≈ 4096) put
+    several sigmas above ~1000 that all round to t=999, 998, …, so from 21 steps on the
+    schedule starts [999, 999, 998, …]: the first step then takes sigma #1, every later one is
+    one off, and the last step reads past the end of `sigmas` (IndexError). Text-to-image
+    pipelines never call `set_begin_index(0)`, so when the first timestep is ambiguous we set it
+    here after every `set_timesteps`; pipelines that start later (img2img, inpaint) call
+    `set_begin_index` themselves afterwards, which overrides it.
+    """
+    if not (hasattr(scheduler, "set_begin_index") and hasattr(scheduler, "index_for_timestep")):
+        return scheduler  # DDIM, DDPM, PNDM: they step by timestep, no index to get wrong
+    original = scheduler.set_timesteps
+
+    # wraps: keeps set_timesteps' signature visible (pipelines inspect it for `timesteps`/`sigmas`)
+    @functools.wraps(original)
+    def set_timesteps(*args, **kwargs):
+        result = original(*args, **kwargs)
+        timesteps = scheduler.timesteps
+        if len(timesteps) > 1 and scheduler.index_for_timestep(timesteps[0]) != 0:
+            scheduler.set_begin_index(0)
+        return result
+
+    scheduler.set_timesteps = set_timesteps  # an instance attribute: only this request's scheduler
+    return scheduler
 
 
 def describe(scheduler) -> str:

@@ -31,7 +31,9 @@ under runs/ otherwise.  Stages, in the order the shipped files were made:
  12. outline LoRA on that base (1200 steps)                      -> models/loras
  13. 1500 more steps of phase 11's recipe on 40k pictures          -> models/denoise-tiny
      (the ControlNet and the LoRA of phase 11 keep working on it: edge IoU 0.71, outline at w 1)
- 14. evaluation of the shipped folders, docs/sample_grid.png, model cards
+ 14. the preview decoder: a tiny AutoencoderTiny (TAESD format) decoder distilled from the shipped
+     VAE on what the shipped pipeline's step previews show          -> models/denoise-tiny-taesd
+ 15. evaluation of the shipped folders, docs/sample_grid.png, model cards, preview decoders
 
 The phases follow the working sessions that made the shipped files (each continues the
 last rather than starting over). On 2 CPU cores the whole replay takes about 9.1 hours
@@ -41,8 +43,8 @@ every stage resumes from its checkpoints.
 """
 import argparse
 
-from training import (evaluate, finetune_decoder, model_cards, sample_grid, train_controlnet, train_lora, train_unet,
-                      train_vae)
+from training import (evaluate, evaluate_previews, finetune_decoder, model_cards, sample_grid, train_controlnet,
+                      train_lora, train_preview_decoder, train_unet, train_vae)
 
 
 def main(argv=None):
@@ -100,10 +102,15 @@ def main(argv=None):
     train_unet.main(["--init", eighth, "--out", "runs/unet-k", "--vae", vae, "--steps", "1500",
                      "--n-train", "40000", "--pipeline-out", "models/denoise-tiny"]
                     + small + ["--p-two", "0.7"] + common)
+    # the step previews' decoder, distilled from the shipped VAE on the shipped pipeline's own step guesses
+    train_preview_decoder.main(["--model", "models/denoise-tiny", "--out", "runs/preview_decoder",
+                                "--taesd-out", "models/denoise-tiny-taesd"] + common)
     if not a.skip_eval:
         evaluate.main(["--models", "models", "--out", "runs/eval.json", "--threads", str(a.threads)])
         sample_grid.main(["--models", "models", "--out", "docs/sample_grid.png", "--threads", str(a.threads)])
         model_cards.main(["--eval", "runs/eval.json", "--models", "models"])
+        evaluate_previews.main(["--model", "models/denoise-tiny", "--taesd", "models/denoise-tiny-taesd",
+                                "--out", "runs/preview_eval.json", "--threads", str(a.threads)])
 
 
 if __name__ == "__main__":
