@@ -228,7 +228,9 @@ def linear_decoder(model) -> LinearDecoder:
         fingerprint = cache.setdefault("vae_fingerprint", vae_fingerprint(model.pipe.vae))
         decoder = load_linear(fingerprint)
         if decoder is None:
-            decoder = LinearDecoder.fit(model.pipe.vae, guesses=_guesses(model))
+            # an inpainting UNet (latents + mask + masked picture in) cannot make text-to-image guesses
+            plain = model.pipe.unet.config.in_channels == model.pipe.vae.config.latent_channels
+            decoder = LinearDecoder.fit(model.pipe.vae, guesses=_guesses(model) if plain else None)
             save_linear(fingerprint, decoder)
         cache["linear"] = decoder
     return cache["linear"]

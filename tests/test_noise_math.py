@@ -65,3 +65,25 @@ def test_x0_matches_the_schedulers_own_pred_original_sample(name, prediction_typ
         if step.pred_original_sample is not None and level.alpha_bar > 1e-6:
             assert torch.allclose(x0_hat, step.pred_original_sample, rtol=1e-3, atol=1e-3), (name, float(t))
         sample = step.prev_sample
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("steps", [25, 30])
+def test_karras_on_zero_snr_with_repeated_timesteps_is_exact_step_after_step(prediction_type, steps):
+    """DPM++ 2M Karras on a zero-terminal-SNR schedule starts [999, 999, 998, 998, …]: each step's σ
+    must still be the schedule's own σ #i and x̂0 the solver's own data prediction."""
+    g = torch.Generator().manual_seed(3)
+    scheduler = make_scheduler("DPM++ 2M Karras", base_config(prediction_type))
+    scheduler.set_timesteps(steps)
+    assert int(scheduler.timesteps[0]) == int(scheduler.timesteps[1])  # the case this test is about
+    sample = torch.randn(1, 4, 8, 8, generator=g) * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        output = torch.randn(sample.shape, generator=g)
+        level = noise_level(scheduler, t)
+        assert level.sigma == pytest.approx(float(scheduler.sigmas[i]), rel=1e-6), (i, float(t))
+        _, x0_hat, _ = model_view(output, sample, level, prediction_type)
+        own = scheduler.convert_model_output(output, sample=sample)  # DPM-Solver++'s x0 at this step
+        scale = 1.0 if prediction_type != "epsilon" else max(1.0, level.sigma)  # ε: x̂0 = (x − σ·ε)/α
+        assert torch.allclose(x0_hat, own, rtol=1e-3, atol=1e-4 * scale), (i, (x0_hat - own).abs().max())
+        sample = scheduler.step(output, t, sample).prev_sample
+    assert scheduler.step_index == steps and torch.isfinite(sample).all()
