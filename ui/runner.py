@@ -68,11 +68,13 @@ def api_stream(stream, view: str = "x0"):
     try:
         for item in stream:
             if isinstance(item, GenerationResult):
-                yield attach(item.image, item.settings), {**item.settings, "notes": item.notes, "final": True}
+                yield attach(item.image, item.settings), {**item.settings, "notes": item.notes, "final": True,
+                                                          "total_ms": round(item.total_ms, 1)}
             elif view in item.pictures:
                 yield Image.fromarray(item.pictures[view]), {
                     "step": item.index, "total": item.total, "view": view, "timestep": item.timestep,
-                    "sigma": item.sigma, "alpha_bar": item.alpha_bar, "noise_left": item.noise_left, "final": False}
+                    "sigma": item.sigma, "alpha_bar": item.alpha_bar, "noise_left": item.noise_left,
+                    "ms": round(item.ms, 2), "final": False}
     except Exception as error:
         raise user_error(error) from None
 
