@@ -126,8 +126,8 @@ class StepViewer:
 
     @staticmethod
     def live_update(event: StepEvent, view: str):
-        picture = event.pictures.get(view)
-        return (picture if picture is not None else gr.skip(), progress_html(event), gr.skip(), event.numbers(),
+        picture = event.pictures.get(view)  # the progress line carries the numbers while running
+        return (picture if picture is not None else gr.skip(), progress_html(event), gr.skip(), gr.skip(),
                 gr.skip(), gr.skip(), gr.skip())
 
     @classmethod
