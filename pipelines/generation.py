@@ -66,6 +66,7 @@ class GenerationRequest:
     preview_every: int = 1  # decode the watched view every N steps (0: none while running)
     preview_decoder: str = AUTO  # "auto": the model's best loaded decoder (see `decoder_names`)
     view: str = "x0"  # the view decoded while running: "x_t", "x0" or "eps"
+    preview_fps: float = 0.0  # decode at most this many live previews a second (a screen's rate); 0: no limit
     step_delay_ms: int = 0  # teaching: pause after each step so people can follow
     loras: list = field(default_factory=list)  # [(LoRA name, weight)]: folder names, Hub ids or loaded names
 
@@ -198,6 +199,7 @@ def check_request(model, request: GenerationRequest) -> tuple[GenerationRequest,
                                  "scheduler": request.scheduler or DEFAULT_SCHEDULER,
                                  "preview_decoder": request.preview_decoder or AUTO,
                                  "preview_every": max(0, every),
+                                 "preview_fps": max(0.0, _number(request.preview_fps, "preview rate", False, notes)),
                                  "step_delay_ms": max(0, _number(request.step_delay_ms, "pause", True, notes))})
     return fixed, notes
 
@@ -320,7 +322,7 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
             decoder = preview_decoder(model, request.preview_decoder)
             tap = StepTap(scheduler)
             prediction_type = scheduler.config.get("prediction_type", "epsilon")
-            last_time = [time.perf_counter()]
+            last_time, last_decode = [time.perf_counter()], [0.0]
 
             def on_step_end(p, index, timestep, callback_kwargs):
                 model_output, sample, level, t = tap.last
@@ -329,10 +331,14 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
                                   noise_left=level.noise_left, ms=(time.perf_counter() - last_time[0]) * 1000,
                                   sample=sample[:1].float().clone(), model_output=model_output[:1].float().clone(),
                                   coefficients=view_coefficients(level, prediction_type), decoder=decoder)
-                every = request.preview_every
-                if every and (index % every == 0 or index == total - 1):
+                every, last = request.preview_every, index == total - 1
+                due = every and (index % every == 0 or last)
+                if due and request.preview_fps and not last:  # frames a screen would skip are decoded if asked
+                    due = time.perf_counter() - last_decode[0] >= 1.0 / request.preview_fps
+                if due:
                     view = watched()
                     event.pictures[view] = decoder(event.latents(view))[0]
+                    last_decode[0] = time.perf_counter()
                 outcome["last"] = event
                 events.put(event)
                 run_soon_jobs()  # others' small jobs (a scrub) wait one step, not a whole run

@@ -13,6 +13,7 @@ from pipelines.presets import PresetError, load_preset, preset_names
 from pipelines.schedulers import DEFAULT_SCHEDULER, SchedulerError, scheduler_names
 
 log = logging.getLogger("denoise_studio")
+SCREEN_FPS = 20  # live frames a second a browser is sent; only those are decoded while the model runs
 USER_ERRORS = (GenerationError, ModelLoadError, SchedulerError, PresetError, LoraError)
 
 
@@ -113,4 +114,5 @@ class GenerationControls:
                                  guidance_scale=float(guidance_scale), seed=int(seed), width=int(width),
                                  height=int(height), scheduler=scheduler or DEFAULT_SCHEDULER,
                                  preview_every=int(preview_every), preview_decoder=preview_decoder,
+                                 preview_fps=SCREEN_FPS,
                                  step_delay_ms=int(step_delay_ms))

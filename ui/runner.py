@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 
 from pipelines.generation import GenerationRequest, GenerationResult
 from pipelines.metadata import attach, infotext
 from ui import runs
 from ui.controls import user_error
-from ui.step_viewer import LIVE_EVERY_S, VIEW_LABELS, StepViewer
+from ui.step_viewer import VIEW_LABELS, StepViewer
 
 MODEL_GROUP = "model"  # every event that runs the model shares this concurrency group
 
@@ -37,13 +35,11 @@ def to_viewer(start_stream, tab: str, view_label: str, request: gr.Request):
     control = runs.start(request, tab, VIEW_LABELS[view_label])
     try:
         yield (*StepViewer.clear("starting …"), None, "", gr.skip())
-        last_yield = 0.0
         for item in start_stream(control):
             if isinstance(item, GenerationResult):
                 attach(item.image, item.settings)
                 yield (*StepViewer.final_update(item, control.view), item.image, result_info(item), item.seed)
-            elif time.perf_counter() - last_yield >= LIVE_EVERY_S or item.index == item.total - 1:
-                last_yield = time.perf_counter()
+            elif item.pictures or item.index == item.total - 1:  # frames decoded live: a screen's rate
                 yield (*StepViewer.live_update(item, control.view), gr.skip(), gr.skip(), gr.skip())
     except Exception as error:  # shown to the user as a message, never a stack trace
         message = user_error(error)

@@ -21,7 +21,6 @@ VIEW_LABELS = {"x_t (noisy latent)": "x_t", "x̂0 (predicted picture)": "x0", "�
 VIEW_NAMES = {key: label for label, key in VIEW_LABELS.items()}
 DEFAULT_VIEW = "x̂0 (predicted picture)"
 LIVE_SIDE = 360  # on-screen size of the live picture (px); the browser enlarges without blur
-LIVE_EVERY_S = 0.05  # at most ~20 live updates per second reach the browser; every step is kept
 
 LEGEND = """
 - **step k/N** — the k-th of the N model evaluations this run makes (Heun makes two per step;
