@@ -13,6 +13,16 @@ from pipelines.loading import LoadedModel, ModelManager  # noqa: E402
 from pipelines.tiny import tiny_pipeline  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads():
+    """The app's own thread policy (app.default_threads): on a 2-core machine shared with the test
+    client, the browser and the server, two torch threads thrash (5-10x slower steps measured)."""
+    import app
+    from pipelines.worker import set_threads
+
+    set_threads(app.default_threads("cpu"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A random-weight SD pipeline built from configs (v-prediction, zero-SNR DDIM)."""
@@ -34,7 +44,10 @@ def app_server():
     import app
 
     diffusers_logging.set_verbosity_error()
+    from pipelines.generation import warm_up
+
     manager = ModelManager(device="cpu")
+    warm_up(manager.get())  # as app.main does before serving
     demo = app.build_app(manager)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
