@@ -240,3 +240,15 @@ def test_a_preview_rate_decodes_only_what_a_screen_shows_and_the_rest_later(tiny
     assert [s.index for s in limited if s.pictures] == [0, 9]  # the first, then only the last
     decode_views(limited, "x0")
     assert all(np.array_equal(a.pictures["x0"], b.pictures["x0"]) for a, b in zip(limited, every))
+
+
+def test_a_request_is_one_job_on_the_torch_thread(tiny_model, monkeypatch):
+    """Set-up, the run, previews and a stopped run's last guess: one trip, so a request never waits
+    in the torch thread's queue twice behind other people's runs."""
+    from pipelines import generation
+
+    jobs = []
+    submit = generation.WORKERS.submit
+    monkeypatch.setattr(generation.WORKERS, "submit", lambda fn, *a, **k: jobs.append(fn) or submit(fn, *a, **k))
+    run(tiny_model, SD, GenerationRequest(prompt="x", steps=3, seed=1, loras=[]))
+    assert len(jobs) == 1
