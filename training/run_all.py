@@ -32,7 +32,7 @@ under runs/ otherwise.  Stages, in the order the shipped files were made:
  13. 1500 more steps of phase 11's recipe on 40k pictures          -> models/denoise-tiny
      (the ControlNet and the LoRA of phase 11 keep working on it: edge IoU 0.71, outline at w 1)
  14. the preview decoder: a tiny AutoencoderTiny (TAESD format) decoder distilled from the shipped
-     VAE on what the shipped pipeline's step previews show          -> models/denoise-tiny-taesd
+     VAE on what the shipped pipeline's step previews show (15000 + 4000 steps) -> models/denoise-tiny-taesd
  15. evaluation of the shipped folders, docs/sample_grid.png, model cards, preview decoders
 
 The phases follow the working sessions that made the shipped files (each continues the
@@ -103,8 +103,11 @@ def main(argv=None):
                      "--n-train", "40000", "--pipeline-out", "models/denoise-tiny"]
                     + small + ["--p-two", "0.7"] + common)
     # the step previews' decoder, distilled from the shipped VAE on the shipped pipeline's own step guesses
-    train_preview_decoder.main(["--model", "models/denoise-tiny", "--out", "runs/preview_decoder",
-                                "--taesd-out", "models/denoise-tiny-taesd"] + common)
+    # (15000 steps, then 4000 more in plain MSE with the last steps' guesses and clean latents drawn more often)
+    preview = ["--model", "models/denoise-tiny", "--out", "runs/preview_decoder", "--taesd-out", "models/denoise-tiny-taesd"]
+    train_preview_decoder.main(preview + ["--steps", "15000", "--no-export"] + common)
+    train_preview_decoder.main(preview + ["--steps", "19000", "--lr", "1e-3", "--l1-weight", "0", "--late-x0", "3",
+                                          "--mix", "clean=0.35,noised=0.02,x_t=0.015,x0=0.6,eps=0.015"] + common)
     if not a.skip_eval:
         evaluate.main(["--models", "models", "--out", "runs/eval.json", "--threads", str(a.threads)])
         sample_grid.main(["--models", "models", "--out", "docs/sample_grid.png", "--threads", str(a.threads)])
