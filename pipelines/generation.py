@@ -351,7 +351,7 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
 
             with model.loras.use(loras):  # waits while other requests run with another LoRA set
                 image = pipe(**call_args, callback_on_step_end=on_step_end).images[0]
-            outcome.update(loras=loras, scheduler=scheduler, interrupted=bool(pipe._interrupt))
+            outcome.update(loras=loras, scheduler=scheduler, interrupted=bool(pipe._interrupt), decoder=decoder.name)
             if outcome["interrupted"] and "last" in outcome:  # the picture is the last guess, not a half-run
                 image = Image.fromarray(FullVaeDecoder(model.pipe.vae)(outcome["last"].latents("x0"))[0])
             events.put(image)
@@ -387,7 +387,7 @@ def stream(model, pipeline_class, request: GenerationRequest, cancel: threading.
     scheduler_name = describe(outcome["scheduler"])
     if request.scheduler == DEFAULT_SCHEDULER:
         scheduler_name = f"{DEFAULT_SCHEDULER} ({scheduler_name})"
-    settings = dict(asdict(request), scheduler=scheduler_name, model=model.name,
+    settings = dict(asdict(request), scheduler=scheduler_name, model=model.name, preview_decoder=outcome["decoder"],
                     loras=model.loras.describe(outcome["loras"]), **(extra_settings or {}))
     if interrupted:
         settings["steps_run"] = len(steps)  # the PNG says where it stopped; `steps` still reproduces the run
