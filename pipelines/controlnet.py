@@ -14,7 +14,7 @@ import numpy as np
 from diffusers import ControlNetModel, MultiControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
-from pipelines.generation import GenerationError, GenerationRequest, GenerationResult, StepEvent, stream
+from pipelines.generation import GenerationError, GenerationRequest, GenerationResult, StepEvent, as_number, stream
 from pipelines.inputs import prepare_picture
 from pipelines.loading import HUB_ID, MODELS_DIR, ModelLoadError
 from pipelines.worker import on_worker
@@ -137,21 +137,10 @@ def _multi(controlnets: list[ControlNetModel]) -> MultiControlNetModel:
     return _multis[key]
 
 
-def _float(value, what: str) -> float:
-    """A setting as the Python float diffusers wants (ints, numpy numbers and numeric text accepted)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise GenerationError(f"{what} must be a number; got {value!r}.") from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise GenerationError(f"{what} must be a finite number; got {value!r}.")
-    return number
-
-
 def _floats(values, what: str) -> list[float]:
     if values is None or isinstance(values, (int, float, str)) or not hasattr(values, "__iter__"):
         values = [values]
-    return [_float(v, what) for v in values]
+    return [as_number(v, what) for v in values]
 
 
 def controlnet_stream(model, request: GenerationRequest, control_images: list, controlnets: list[ControlNetModel],
@@ -165,8 +154,8 @@ def controlnet_stream(model, request: GenerationRequest, control_images: list, c
     if not control_images or any(c is None for c in control_images):
         raise GenerationError("No control picture was given: upload one or send the last result here.")
     # diffusers insists on Python floats (an int 1 from a slider or the API is refused), so coerce here
-    scales, guidance_start, guidance_end = _floats(scales, "Conditioning scale"), \
-        _float(guidance_start, "Control start"), _float(guidance_end, "Control end")
+    scales, guidance_start, guidance_end = _floats(scales, "conditioning scale"), \
+        as_number(guidance_start, "control start"), as_number(guidance_end, "control end")
     if not 0 <= guidance_start < guidance_end <= 1:
         raise GenerationError("Control start and end must satisfy 0 ≤ start < end ≤ 1.")
     if len(scales) != len(controlnets) or len(control_images) != len(controlnets):

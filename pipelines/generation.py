@@ -126,15 +126,16 @@ def decode_views(steps: list[StepEvent], view: str) -> None:
         on_worker_soon(decode, missing[start:start + DECODE_BATCH])
 
 
-def _number(value, what: str, integer: bool, notes: list[str]):
+def as_number(value, what: str, integer: bool = False, notes: list[str] | None = None):
     """A request's number as the type diffusers wants; a note when a fraction is dropped."""
+    name = what[:1].upper() + what[1:]
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise GenerationError(f"{what.capitalize()} must be a number; got {value!r}.") from None
+        raise GenerationError(f"{name} must be a number; got {value!r}.") from None
     if math.isnan(number) or math.isinf(number):
-        raise GenerationError(f"{what.capitalize()} must be a finite number; got {value!r}.")
-    if integer and number != int(number):
+        raise GenerationError(f"{name} must be a finite number; got {value!r}.")
+    if integer and number != int(number) and notes is not None:
         notes.append(f"{what} {value} → {int(number)} (whole numbers only)")
     return int(number) if integer else number
 
@@ -154,7 +155,7 @@ def check_size(model, width: int, height: int) -> tuple[int, int, list[str]]:
     multiple, notes = model.size_multiple, []
     sizes = []
     for label, value in (("width", width), ("height", height)):
-        value = _number(value or model.default_size, label, True, notes)
+        value = as_number(value or model.default_size, label, True, notes)
         rounded = min(max(multiple, round(value / multiple) * multiple), MAX_SIDE)
         if rounded != value:
             notes.append(f"{label} {value} → {rounded} (this model needs multiples of {multiple}, at most {MAX_SIDE})")
@@ -168,15 +169,15 @@ def check_request(model, request: GenerationRequest) -> tuple[GenerationRequest,
     if not isinstance(request.prompt, str):
         raise GenerationError("The prompt must be text.")
     for entry in request.loras or []:
-        if len(entry) != 2 or not -2 <= _number(entry[1], "LoRA weight", False, notes) <= 2:
+        if len(entry) != 2 or not -2 <= as_number(entry[1], "LoRA weight", False, notes) <= 2:
             raise GenerationError(f"Each LoRA needs a name and a weight between -2 and 2; got {entry!r}.")
-    steps = _number(request.steps, "steps", True, notes)
+    steps = as_number(request.steps, "steps", True, notes)
     if not 1 <= steps <= MAX_STEPS:
         raise GenerationError(f"Steps must be between 1 and {MAX_STEPS}; got {steps}.")
-    guidance = _number(request.guidance_scale, "guidance scale", False, notes)
+    guidance = as_number(request.guidance_scale, "guidance scale", False, notes)
     if not 0 <= guidance <= 50:
         raise GenerationError(f"Guidance scale must be between 0 and 50; got {request.guidance_scale}.")
-    seed = -1 if request.seed is None else _number(request.seed, "seed", True, notes)
+    seed = -1 if request.seed is None else as_number(request.seed, "seed", True, notes)
     if request.scheduler and request.scheduler not in scheduler_names():
         raise SchedulerError(f"Unknown scheduler {request.scheduler!r}. Choose one of: {', '.join(scheduler_names())}.")
     if request.view not in VIEWS:
@@ -186,7 +187,7 @@ def check_request(model, request: GenerationRequest) -> tuple[GenerationRequest,
         raise GenerationError(f"The preview decoder {request.preview_decoder!r} is not available for this model; "
                               f"choose one of: {', '.join(decoders)}."
                               + (" (TAESD needs --taesd FOLDER_OR_HUB_ID.)" if request.preview_decoder == TAESD else ""))
-    every = _number(request.preview_every, "preview every", True, notes)
+    every = as_number(request.preview_every, "preview every", True, notes)
     width, height, size_notes = check_size(model, request.width, request.height)
     notes += size_notes
     tokenizer = model.pipe.tokenizer
@@ -199,8 +200,8 @@ def check_request(model, request: GenerationRequest) -> tuple[GenerationRequest,
                                  "scheduler": request.scheduler or DEFAULT_SCHEDULER,
                                  "preview_decoder": request.preview_decoder or AUTO,
                                  "preview_every": max(0, every),
-                                 "preview_fps": max(0.0, _number(request.preview_fps, "preview rate", False, notes)),
-                                 "step_delay_ms": max(0, _number(request.step_delay_ms, "pause", True, notes))})
+                                 "preview_fps": max(0.0, as_number(request.preview_fps, "preview rate", False, notes)),
+                                 "step_delay_ms": max(0, as_number(request.step_delay_ms, "pause", True, notes))})
     return fixed, notes
 
 

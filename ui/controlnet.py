@@ -79,8 +79,8 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
             picture_for_model, notes = make_control(loaded, picture_value, preprocessor_value, low_value, high_value,
                                                     max(settings.width, settings.height))
             controlnet = load_controlnet(loaded, controlnet_value)
-            return controlnet_stream(loaded, settings, [picture_for_model], [controlnet], [float(scale_value)],
-                                     float(start_value), float(end_value), control.cancel, names=[controlnet_value],
+            return controlnet_stream(loaded, settings, [picture_for_model], [controlnet], [scale_value],
+                                     start_value, end_value, control.cancel, names=[controlnet_value],
                                      notes=notes)
 
         yield from to_viewer(begin, TAB, view, request)
@@ -109,7 +109,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
             loaded = manager.get()
             control, notes = make_control(loaded, control_image, preprocessor, low_threshold, high_threshold)
             yield from controlnet_stream(loaded, request, [control], [load_controlnet(loaded, controlnet_model)],
-                                         [float(conditioning_scale)], float(control_start), float(control_end),
+                                         [conditioning_scale], control_start, control_end,
                                          names=[controlnet_model], notes=notes)
 
         yield from api_stream(run(), request.view)
