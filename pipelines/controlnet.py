@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from diffusers import ControlNetModel, MultiControlNetModel, StableDiffusionControlNetPipeline
@@ -146,7 +146,8 @@ def _floats(values, what: str) -> list[float]:
 def controlnet_stream(model, request: GenerationRequest, control_images: list, controlnets: list[ControlNetModel],
                       scales: list[float], guidance_start: float = 0.0, guidance_end: float = 1.0,
                       cancel: threading.Event | None = None, names: list[str] | None = None,
-                      notes: list[str] | None = None) -> Iterator[StepEvent | GenerationResult]:
+                      notes: list[str] | None = None,
+                      live_view: Callable[[], str] | None = None) -> Iterator[StepEvent | GenerationResult]:
     """Stream a ControlNet run (one or several ControlNets, each with its control picture).
 
     `notes` are earlier adjustments (made while preprocessing) to report with the result.
@@ -179,7 +180,8 @@ def controlnet_stream(model, request: GenerationRequest, control_images: list, c
                        extra_call_args=dict(image=prepared[0] if single else prepared,
                                             controlnet_conditioning_scale=scales[0] if single else scales,
                                             control_guidance_start=guidance_start, control_guidance_end=guidance_end),
-                       extra_components=dict(controlnet=controlnet), extra_settings=settings):
+                       extra_components=dict(controlnet=controlnet), extra_settings=settings,
+                       live_view=live_view):
         if isinstance(item, GenerationResult):
             item.notes = notes + item.notes
         yield item

@@ -10,7 +10,7 @@ stay exactly as they were.
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from diffusers import AutoPipelineForInpainting
 from PIL import Image, ImageFilter
@@ -20,7 +20,8 @@ from pipelines.inputs import prepare_mask, prepare_picture, to_rgb
 
 
 def inpaint_stream(model, request: GenerationRequest, image, mask, strength: float = 1.0, mask_blur: int = 2,
-                   cancel: threading.Event | None = None) -> Iterator[StepEvent | GenerationResult]:
+                   cancel: threading.Event | None = None,
+                   live_view: Callable[[], str] | None = None) -> Iterator[StepEvent | GenerationResult]:
     """Stream an inpainting run (same events and result as text-to-image).
 
     Args:
@@ -48,7 +49,7 @@ def inpaint_stream(model, request: GenerationRequest, image, mask, strength: flo
     settings = dict(task="inpaint", strength=strength, mask_blur=mask_blur)
     for item in stream(model, AutoPipelineForInpainting, request, cancel,
                        extra_call_args=dict(image=picture, mask_image=feathered, strength=strength),
-                       extra_settings=settings):
+                       extra_settings=settings, live_view=live_view):
         if isinstance(item, GenerationResult):
             item.image = Image.composite(item.image.convert("RGB"), picture, feathered)
             item.notes = notes + mask_notes + item.notes

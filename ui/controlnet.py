@@ -81,7 +81,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
             controlnet = load_controlnet(loaded, controlnet_value)
             return controlnet_stream(loaded, settings, [picture_for_model], [controlnet], [scale_value],
                                      start_value, end_value, control.cancel, names=[controlnet_value],
-                                     notes=notes)
+                                     notes=notes, live_view=control.watched)
 
         yield from to_viewer(begin, TAB, view, request)
 

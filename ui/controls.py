@@ -55,7 +55,7 @@ class GenerationControls:
             self.width = gr.Slider(size_multiple, 1024, value=default_size, step=size_multiple, label="Width")
             self.height = gr.Slider(size_multiple, 1024, value=default_size, step=size_multiple, label="Height")
         self.scheduler = gr.Dropdown(scheduler_names(), value=DEFAULT_SCHEDULER, label="Scheduler")
-        with gr.Accordion("Step previews", open=False):
+        with gr.Accordion("Step previews", open=False, elem_id=f"{tab}-previews"):
             self.preview_every = gr.Slider(0, 20, value=1, step=1, label="Preview every N steps (0 = none)",
                                            elem_id=f"{tab}-preview-every")
             self.preview_decoder = gr.Radio(decoders, value=decoders[0], label="Preview decoder",

@@ -61,7 +61,7 @@ def build(manager, model_choice: gr.Dropdown) -> dict:
         def start(control):
             image, mask = editor_to_image_and_mask(editor_value)
             return inpaint_stream(manager.get(model_name), settings, image, mask, strength_value, blur_value,
-                                  control.cancel)
+                                  control.cancel, live_view=control.watched)
 
         yield from to_viewer(start, TAB, view, request)
 

@@ -29,8 +29,8 @@ def to_viewer(start_stream, tab: str, view_label: str, request: gr.Request):
 
     `control` (ui/runs.py) carries this run's cancel flag and the view the user is watching. The
     first update clears the previous run, so a failed run never leaves another run's picture on
-    screen as if it were its own. Live pictures are throttled to what a browser can show; every
-    step is still kept for scrubbing.
+    screen as if it were its own. Live pictures come at the rate they are decoded (`SCREEN_FPS`
+    a second, ui/controls.py); every step is still kept for scrubbing.
     """
     control = runs.start(request, tab, VIEW_LABELS[view_label])
     try:
