@@ -68,6 +68,11 @@ def test_txt2img_streams_the_view_asked_for_every_n_steps(client):
     final = np.asarray(Image.open(eps.outputs()[-1][0]).convert("RGB")).astype(int)
     assert np.abs(np.asarray(Image.open(eps_steps[-1][0]).convert("RGB")).astype(int) - final).mean() > 20
     assert len(none.outputs()) == 1 and none.outputs()[0][1]["final"]
+    # by default the embedded model previews with its own TAESD, close to the final picture
+    assert x0.outputs()[-1][1]["preview_decoder"] == "TAESD"
+    last = np.asarray(Image.open(x0.outputs()[-2][0]).convert("RGB")).astype(float)
+    final_x0 = np.asarray(Image.open(x0.outputs()[-1][0]).convert("RGB")).astype(float)
+    assert 10 * np.log10(255**2 / ((last - final_x0) ** 2).mean()) > 24  # dB; 30.3 on average (evaluate_previews)
 
 
 def test_api_totals_and_previews_for_strength_below_one(client, tmp_path):
